@@ -1,0 +1,1 @@
+"""podckpt: transparent checkpoint/restore for Kubernetes pods."""

@@ -1,0 +1,1 @@
+"""The local single-node Kubernetes cluster used by tests and the demo."""

@@ -1,0 +1,1 @@
+"""pytest fixtures for the cluster tiers (filled in by the cluster work)."""
