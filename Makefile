@@ -9,10 +9,10 @@ help: ## list targets
 setup: ## install Debian packages and the pinned Python dependencies (.venv)
 	hack/setup.sh
 
-demo: setup ## the main job: checkpoint a running process with CRIU and restore it
+demo: ## the main job: checkpoint a running process with CRIU and restore it
 	hack/demo.sh
 
-test: setup ## everything CI runs: lint, types, layering, unit and real-part tests
+test: ## everything CI runs: lint, types, layering, unit and real-part tests
 	hack/test.sh
 
 lint: setup ## ruff (lint + format check) and the import-layering contract
