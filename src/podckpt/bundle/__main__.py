@@ -1,0 +1,7 @@
+"""`python -m podckpt.bundle build [--out DIR]`: build the agent bundle (see podckpt.bundle)."""
+
+import sys
+
+from .build import main
+
+sys.exit(main())

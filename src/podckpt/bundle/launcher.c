@@ -1,0 +1,218 @@
+/*
+ * podckpt bundle launcher: the only program of the bundle that the kernel starts directly.
+ *
+ * Why it exists: the bundle runs inside images that may have no shell and no libc (distroless,
+ * scratch). Its Python and CRIU are ordinary glibc programs that need the bundle's own dynamic
+ * loader, so something that needs nothing must start them: this static ELF (built with
+ * musl-gcc -static). It finds the bundle from /proc/self/exe (so the bundle is relocatable: it
+ * works at /.podckpt in a container and anywhere else on a build host) and execs the bundled
+ * loader explicitly:
+ *
+ *   <bundle>/lib/ld-linux-x86-64.so.2 --library-path <bundle>/lib --argv0 ARGV0 PROGRAM ARGS...
+ *
+ * --library-path, unlike LD_LIBRARY_PATH, is private to the loaded program, so the application
+ * that the agent starts never inherits the bundle's libraries.
+ *
+ * One source, three copies; the role comes from the copy's own path (not from argv[0], which
+ * callers may set to anything):
+ *   <bundle>/bin/podckpt-agent   python -I -S -m podckpt.agent ARGS   (PODCKPT_BUNDLE is set)
+ *                                podckpt-agent install --to DIR: copy the bundle into DIR
+ *                                (the init container's job; no Python needed for it)
+ *   <bundle>/bin/python3         python -I -S ARGS (what sys.executable points at)
+ *   <bundle>/criu/criu           criu ARGS
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PYTHON_BIN "libexec/python3"
+#define CRIU_BIN "libexec/criu"
+#define LOADER "lib/ld-linux-x86-64.so.2"
+
+static void die(const char *what, const char *path)
+{
+	fprintf(stderr, "podckpt-agent launcher: %s %s: %s\n", what, path ? path : "", strerror(errno));
+	exit(127);
+}
+
+static char *join(const char *a, const char *b)
+{
+	size_t n = strlen(a) + strlen(b) + 2;
+	char *s = malloc(n);
+	if (!s)
+		die("out of memory", NULL);
+	snprintf(s, n, "%s/%s", a, b);
+	return s;
+}
+
+/* ---- install: copy the bundle tree (files, directories, symlinks) into an emptyDir ---- */
+
+static int copy_file(int sfd, int dfd, off_t size)
+{
+	while (size > 0) {
+		ssize_t n = copy_file_range(sfd, NULL, dfd, NULL, (size_t)size, 0);
+		if (n <= 0) {
+			if (n < 0 && errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP)
+				return -1;
+			break; /* fall back to read/write for what is left */
+		}
+		size -= n;
+	}
+	char buf[1 << 16];
+	for (;;) {
+		ssize_t n = read(sfd, buf, sizeof buf);
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			return 0;
+		for (ssize_t off = 0; off < n;) {
+			ssize_t w = write(dfd, buf + off, (size_t)(n - off));
+			if (w < 0)
+				return -1;
+			off += w;
+		}
+	}
+}
+
+static void copy_tree(const char *src, const char *dst)
+{
+	DIR *d = opendir(src);
+	if (!d)
+		die("cannot open", src);
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		char *s = join(src, e->d_name), *t = join(dst, e->d_name);
+		struct stat st;
+		if (lstat(s, &st))
+			die("cannot stat", s);
+		if (S_ISDIR(st.st_mode)) {
+			if (mkdir(t, st.st_mode & 07777) && errno != EEXIST)
+				die("cannot create", t);
+			copy_tree(s, t);
+			chmod(t, st.st_mode & 07777);
+		} else if (S_ISLNK(st.st_mode)) {
+			char link[PATH_MAX];
+			ssize_t n = readlink(s, link, sizeof link - 1);
+			if (n < 0)
+				die("cannot read link", s);
+			link[n] = 0;
+			unlink(t);
+			if (symlink(link, t))
+				die("cannot create link", t);
+		} else if (S_ISREG(st.st_mode)) {
+			int sfd = open(s, O_RDONLY | O_CLOEXEC);
+			if (sfd < 0)
+				die("cannot open", s);
+			int dfd = open(t, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.st_mode & 07777);
+			if (dfd < 0)
+				die("cannot create", t);
+			if (copy_file(sfd, dfd, st.st_size))
+				die("cannot copy", s);
+			fchmod(dfd, st.st_mode & 07777);
+			close(sfd);
+			close(dfd);
+		}
+		free(s);
+		free(t);
+	}
+	closedir(d);
+}
+
+static int install(const char *bundle, int argc, char **argv)
+{
+	const char *to = NULL;
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--to") && i + 1 < argc)
+			to = argv[++i];
+		else if (!strncmp(argv[i], "--to=", 5))
+			to = argv[i] + 5;
+	}
+	if (!to) {
+		fprintf(stderr, "usage: podckpt-agent install --to DIR\n");
+		return 2;
+	}
+	if (mkdir(to, 0755) && errno != EEXIST)
+		die("cannot create", to);
+	copy_tree(bundle, to);
+	/* The marker is written last: a half-copied bundle has none (the agent's wrapper can tell). */
+	char *marker = join(to, ".installed");
+	int fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || close(fd))
+		die("cannot create", marker);
+	return 0;
+}
+
+/* ---- exec the bundled loader ---- */
+
+int main(int argc, char **argv)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n < 0)
+		die("cannot read", "/proc/self/exe (is /proc mounted?)");
+	self[n] = 0;
+	char *slash = strrchr(self, '/');
+	if (!slash)
+		die("odd executable path", self);
+	*slash = 0;
+	const char *role = slash + 1;
+	const char *roledir = strrchr(self, '/') ? strrchr(self, '/') + 1 : self;
+	char *bundle = strdup(self);
+	char *up = strrchr(bundle, '/');
+	if (!up)
+		die("odd executable path", self);
+	*up = 0;
+	if (!*bundle)
+		strcpy(bundle, "/");
+
+	int is_criu = !strcmp(roledir, "criu") && !strcmp(role, "criu");
+	int is_agent = !is_criu && !strcmp(role, "podckpt-agent");
+
+	if (is_agent && argc > 1 && !strcmp(argv[1], "install"))
+		return install(bundle, argc, argv);
+
+	char *loader = join(bundle, LOADER);
+	char *libdir = join(bundle, "lib");
+	char **nargv = calloc((size_t)argc + 12, sizeof(char *));
+	if (!nargv)
+		die("out of memory", NULL);
+	int k = 0;
+	nargv[k++] = loader;
+	nargv[k++] = "--library-path";
+	nargv[k++] = libdir;
+	nargv[k++] = "--argv0";
+	if (is_criu) {
+		nargv[k++] = join(self, "criu");
+		nargv[k++] = join(bundle, CRIU_BIN);
+	} else {
+		/* sys.executable becomes <bundle>/bin/python3, itself a launcher copy, so that the
+		 * agent can start Python subprocesses with sys.executable. */
+		nargv[k++] = join(bundle, "bin/python3");
+		nargv[k++] = join(bundle, PYTHON_BIN);
+		/* -I: ignore the image's PYTHONHOME/PYTHONPATH/user site; -S: no site-packages (the
+		 * agent is stdlib-only and lives in the bundle's stdlib directory). */
+		nargv[k++] = "-I";
+		nargv[k++] = "-S";
+		if (is_agent) {
+			nargv[k++] = "-m";
+			nargv[k++] = "podckpt.agent";
+		}
+	}
+	for (int i = 1; i < argc; i++)
+		nargv[k++] = argv[i];
+	nargv[k] = NULL;
+	if (setenv("PODCKPT_BUNDLE", bundle, 1))
+		die("cannot set", "PODCKPT_BUNDLE");
+	execv(loader, nargv);
+	die("cannot execute", loader);
+	return 127;
+}
