@@ -1,0 +1,111 @@
+"""Settings of the webhook and the controller, from the environment (prefix `PODCKPT_`).
+
+Every knob that the Deployment manifests set is here, with its default and the reason for it.
+The key prefix of the user API (`PODCKPT_KEY_PREFIX`) is read by `podckpt.api` itself, because
+the agent reads it too; the operator's own annotations live under `domain`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Capabilities the agent needs in a checkpointed container (CRIU `--unprivileged` plus TCP
+#: repair and ptrace of an application holding capabilities; see docs/bundle.md and
+#: shared CRIU notes). One place: the webhook adds exactly these, never `privileged: true`.
+DEFAULT_AGENT_CAPABILITIES: tuple[str, ...] = (
+    "CHECKPOINT_RESTORE",
+    "SETPCAP",
+    "NET_ADMIN",
+    "SYS_PTRACE",
+)
+
+GIB = 2**30
+MIB = 2**20
+
+
+class OperatorSettings(BaseSettings):
+    """What the webhook and the controller are configured with (env `PODCKPT_<FIELD>`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PODCKPT_", frozen=True, extra="ignore")
+
+    #: Domain of podckpt's own annotations and labels (status, identity) and of kopf's.
+    domain: str = "podckpt.io"
+    #: Namespace the operator runs in: never injected, like the system namespaces.
+    operator_namespace: str = "podckpt-system"
+    #: Namespaces never touched, whatever their labels say.
+    excluded_namespaces: tuple[str, ...] = ("kube-system", "kube-public", "kube-node-lease")
+
+    # -- the bundle and the agent ------------------------------------------------------------
+    bundle_image: str = "ghcr.io/podckpt/bundle:0.1.0"
+    bundle_image_pull_policy: str = "IfNotPresent"
+    #: The bundle image's entry that copies the bundle into the emptyDir.
+    bundle_install_command: tuple[str, ...] = (
+        "/podckpt-bundle/bin/podckpt-agent",
+        "install",
+        "--to",
+        "/.podckpt",
+    )
+    bundle_mount_path: str = "/.podckpt"
+    agent_path: str = "/.podckpt/bin/podckpt-agent"
+    meta_mount_path: str = "/.podckpt-meta"
+    store_mount_path: str = "/.podckpt-store"
+    agent_capabilities: tuple[str, ...] = DEFAULT_AGENT_CAPABILITIES
+
+    # -- grace period -------------------------------------------------------------------------
+    #: Dump throughput assumed when sizing terminationGracePeriodSeconds. Measured 1.0-1.5 GB/s
+    #: to local ext4 including fsync (CRIU notes); we assume 200 MiB/s so that network volumes
+    #: and a busy node still finish.
+    dump_bytes_per_second: int = 200 * MIB
+    #: Fixed part of the grace period: freezing, CRIU start-up, saving checkpoint-files, fsync.
+    grace_base_seconds: int = 30
+    #: Memory assumed for a checkpointed container without a memory limit.
+    assumed_memory_bytes: int = 2 * GIB
+
+    # -- volumes ------------------------------------------------------------------------------
+    #: Headroom of a generation on top of the memory it dumps: page-aligned images, CRIU
+    #: metadata, logs and checkpoint-files (fraction, plus a fixed amount).
+    volume_headroom_fraction: float = 0.10
+    volume_headroom_bytes: int = 256 * MIB
+    #: Size of a dynamic PVC when no checkpointed container has a memory limit.
+    default_volume_bytes: int = 10 * GIB
+    volume_access_mode: str = "ReadWriteOnce"
+
+    # -- image configs --------------------------------------------------------------------------
+    #: Registries reached over plain HTTP (besides 127.0.0.0/8 and localhost, as Docker does).
+    insecure_registries: tuple[str, ...] = ()
+    #: How long a tag is trusted to point at the digest it resolved to.
+    tag_cache_seconds: float = 300.0
+    image_config_cache_size: int = 2048
+    registry_timeout_seconds: float = 8.0
+    platform_os: str = "linux"
+    platform_architecture: str = "amd64"
+
+    # -- webhook server -----------------------------------------------------------------------
+    webhook_port: int = 9443
+    webhook_address: str = "0.0.0.0"  # noqa: S104 - a Service routes to the pod
+    webhook_certfile: str | None = None
+    webhook_keyfile: str | None = None
+    webhook_cafile: str | None = None
+    #: Names used by the certificate bootstrap (certs.py).
+    webhook_service: str = "podckpt-webhook"
+    webhook_secret: str = "podckpt-webhook-tls"  # noqa: S105 - a Secret name
+    webhook_configuration: str = "podckpt"
+    #: Slot reservations of this webhook replica outlive an admission by this long.
+    slot_reservation_seconds: float = 60.0
+
+    # -- controller ---------------------------------------------------------------------------
+    orphan_sweep_seconds: float = 600.0
+    #: Read this much of a container's log to find the agent's restore line.
+    agent_log_head_bytes: int = 65536
+
+    # -- misc -----------------------------------------------------------------------------------
+    metrics_port: int = Field(default=8080, ge=0)
+
+    def annotation(self, name: str) -> str:
+        """A podckpt-owned annotation or label name, e.g. `podckpt.io/injected`."""
+        return f"{self.domain}/{name}"
+
+
+def load_settings() -> OperatorSettings:
+    return OperatorSettings()

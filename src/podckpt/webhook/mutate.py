@@ -1,0 +1,388 @@
+"""The admission pipeline, as pure functions: should-inject -> parse -> validate -> build -> patch.
+
+`plan()` decides whether and how a new pod is injected, from the pod and its namespace only.
+The handler then resolves what needs the outside world (image configs, the Deployment slot) and
+`build()` rewrites a copy of the pod. The patch returned to the apiserver is the diff of the
+original and the rewritten pod (`make_patch`), never hand-written operations.
+
+Nothing here talks to the API server or a registry, so every rule has a unit test.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import jsonpatch
+
+from podckpt.api import (
+    CheckpointSettings,
+    InvalidValueError,
+    Key,
+    injection_enabled,
+    parse_settings,
+    qualified,
+)
+from podckpt.kube import sizing
+from podckpt.kube.identity import Identity, WorkloadKind, resolve_identity, slot_pod_name
+from podckpt.operator_settings import OperatorSettings
+
+from .argv import ImageArgv, needs_image, original_argv
+
+Pod = dict[str, Any]
+
+#: Version of the injection format, stored in the `<domain>/injected` annotation.
+INJECTION_VERSION = "v1"
+
+BUNDLE_VOLUME = "podckpt-bundle"
+META_VOLUME = "podckpt-meta"
+STORE_VOLUME = "podckpt-store"
+BUNDLE_INIT_CONTAINER = "podckpt-bundle"
+POD_NAME_ENV = "PODCKPT_POD_NAME"
+
+_POD_SECURITY_ENFORCE = "pod-security.kubernetes.io/enforce"
+
+
+class Mode(enum.StrEnum):
+    #: Checkpointing is on at creation.
+    ACTIVE = "active"
+    #: The namespace asked for injection; the agent sleeps until the pod's label turns it on.
+    DORMANT = "dormant"
+
+
+class DeniedError(Exception):
+    """The pod must be refused; the message is shown to the user by kubectl."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """The pod is admitted unchanged; `reason` goes to the log, `warnings` to kubectl."""
+
+    reason: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What `build()` will do to a pod that is injected."""
+
+    mode: Mode
+    settings: CheckpointSettings
+    containers: tuple[str, ...]
+    identity: Identity
+    #: Containers whose argv must be read from their image (name -> image reference).
+    images: Mapping[str, str]
+    warnings: tuple[str, ...]
+
+
+def _meta(pod: Mapping[str, Any], field: str) -> dict[str, str]:
+    return dict(pod.get("metadata", {}).get(field) or {})
+
+
+def is_injected(pod: Mapping[str, Any], op: OperatorSettings) -> bool:
+    if op.annotation("injected") in _meta(pod, "annotations"):
+        return True
+    inits = pod.get("spec", {}).get("initContainers") or ()
+    return any(c.get("name") == BUNDLE_INIT_CONTAINER for c in inits)
+
+
+def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> Plan | Skip:
+    """Decide whether and how to inject. Raises `DeniedError` for a bad pod."""
+    # should-inject
+    if namespace.name in op.excluded_namespaces or namespace.name == op.operator_namespace:
+        return Skip(f"namespace {namespace.name} is never injected")
+    if is_injected(pod, op):
+        return Skip("already injected")
+
+    # parse
+    labels, annotations = _meta(pod, "labels"), _meta(pod, "annotations")
+    try:
+        settings = parse_settings(
+            labels,
+            annotations,
+            namespace_labels=namespace.labels,
+            namespace_annotations=namespace.annotations,
+        )
+        inject_all = injection_enabled(namespace.labels, namespace.annotations)
+    except InvalidValueError as exc:
+        raise DeniedError(str(exc)) from None
+    if settings.mode:
+        mode = Mode.ACTIVE
+    elif inject_all:
+        mode = Mode.DORMANT
+    else:
+        return Skip("checkpointing is not enabled for this pod")
+
+    # validate
+    spec = pod.get("spec", {})
+    containers = [c["name"] for c in spec.get("containers") or ()]
+    try:
+        selected = settings.selected_containers(containers)
+    except InvalidValueError as exc:
+        raise DeniedError(str(exc)) from None
+    warnings = list(settings.warnings)
+    if not selected:
+        message = (
+            f"{qualified(Key.CHECKPOINT_CONTAINERS)}: no container of this pod is checkpointed"
+            f" by default (proxies are excluded); name the containers to checkpoint"
+        )
+        if mode is Mode.ACTIVE:
+            raise DeniedError(message)
+        return Skip("no container to checkpoint")
+
+    volume_names = [v.get("name") for v in spec.get("volumes") or ()]
+    if settings.storage_volume is not None and settings.storage_volume not in volume_names:
+        raise DeniedError(
+            str(
+                InvalidValueError(
+                    qualified(Key.CHECKPOINT_STORAGE_VOLUME),
+                    settings.storage_volume,
+                    "the name of a volume of this pod: "
+                    + (", ".join(n for n in volume_names if n) or "(the pod has no volumes)"),
+                )
+            )
+        )
+    for ours in (BUNDLE_VOLUME, META_VOLUME, STORE_VOLUME):
+        if ours in volume_names:
+            raise DeniedError(f"volume name {ours!r} is reserved for podckpt; rename the volume")
+
+    identity = resolve_identity(pod)
+    if identity.kind is WorkloadKind.POD and settings.storage_volume is None:
+        message = (
+            f"{qualified(Key.CHECKPOINT_STORAGE_VOLUME)}: required for a pod that no"
+            " StatefulSet, Deployment, ReplicaSet or Job controls (nothing would recreate it"
+            " to restore); allowed: the name of a volume of this pod that outlives it"
+        )
+        if mode is Mode.ACTIVE:
+            raise DeniedError(message)
+        return Skip(
+            "dormant plain pod without a storage volume",
+            (
+                f"podckpt: this pod cannot be checkpointed later: it has no"
+                f" {qualified(Key.CHECKPOINT_STORAGE_VOLUME)}",
+            ),
+        )
+    owner_kind = next(
+        (r.get("kind") for r in pod.get("metadata", {}).get("ownerReferences") or () if r),
+        None,
+    )
+    if identity.kind is WorkloadKind.POD and owner_kind:
+        warnings.append(
+            f"podckpt: pods of a {owner_kind} have no stable identity; checkpoints are kept"
+            " per pod name on the storage volume"
+        )
+
+    by_name = {c["name"]: c for c in spec.get("containers") or ()}
+    images = {
+        name: by_name[name].get("image", "") for name in selected if needs_image(by_name[name])
+    }
+    warnings.append(
+        "podckpt: checkpointed containers run with seccompProfile Unconfined and the"
+        " capabilities " + ", ".join(op.agent_capabilities) + " (CRIU cannot dump a process"
+        " under a seccomp filter)"
+    )
+    enforce = namespace.labels.get(_POD_SECURITY_ENFORCE)
+    if enforce and enforce != "privileged":
+        warnings.append(
+            f"podckpt: namespace {namespace.name} enforces the {enforce!r} Pod Security level,"
+            " which refuses Unconfined seccomp and added capabilities; use 'privileged'"
+        )
+    memory = sizing.checkpointed_memory(
+        (by_name[name] for name in selected), op.assumed_memory_bytes
+    )
+    if memory.unlimited:
+        assumed = sizing.format_bytes(op.assumed_memory_bytes)
+        warnings.append(
+            f"podckpt: no memory limit on container(s) {', '.join(memory.unlimited)}; the grace"
+            f" period and volume size assume {assumed} each"
+        )
+    return Plan(mode, settings, selected, identity, images, tuple(warnings))
+
+
+def store_key(identity: Identity) -> str:
+    """The identity's directory on the volume. A plain pod whose name is generated by the
+    apiserver refers to it through the kubelet's `$(VAR)` expansion."""
+    if identity.kind is WorkloadKind.POD and not identity.workload:
+        return f"pod-$({POD_NAME_ENV})"
+    return identity.key
+
+
+def build(
+    pod: Mapping[str, Any],
+    plan: Plan,
+    images: Mapping[str, ImageArgv],
+    op: OperatorSettings,
+    *,
+    slot: int | None = None,
+) -> Pod:
+    """The rewritten pod. `images` holds the config of every image in `plan.images`; `slot`
+    is required for Deployment and ReplicaSet pods."""
+    new: Pod = copy.deepcopy(dict(pod))
+    meta = new.setdefault("metadata", {})
+    spec = new.setdefault("spec", {})
+    identity = plan.identity
+    if identity.needs_slot:
+        if slot is None:
+            raise ValueError("a Deployment or ReplicaSet pod needs a slot")
+        identity = identity.with_slot(slot)
+        meta["name"] = slot_pod_name(identity, slot)
+        labels = meta.setdefault("labels", {})
+        labels[op.annotation("slot-group")] = identity.slot_group
+        labels[op.annotation("slot")] = str(slot)
+
+    storage_volume = plan.settings.storage_volume
+    annotations = meta.setdefault("annotations", {})
+    annotations[op.annotation("injected")] = INJECTION_VERSION
+    annotations[op.annotation("mode")] = plan.mode.value
+    annotations[op.annotation("identity")] = identity.encode()
+    annotations[op.annotation("containers")] = ",".join(plan.containers)
+    if storage_volume is None:
+        annotations[op.annotation("claim")] = identity.claim_name
+        store_volume = STORE_VOLUME
+    else:
+        store_volume = storage_volume
+
+    volumes = spec.setdefault("volumes", [])
+    volumes.append({"name": BUNDLE_VOLUME, "emptyDir": {}})
+    volumes.append(
+        {
+            "name": META_VOLUME,
+            "downwardAPI": {
+                "items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
+                ]
+            },
+        }
+    )
+    if storage_volume is None:
+        volumes.append(
+            {"name": STORE_VOLUME, "persistentVolumeClaim": {"claimName": identity.claim_name}}
+        )
+
+    spec.setdefault("initContainers", []).insert(0, _bundle_init_container(op))
+
+    key = store_key(identity)
+    pod_security: Mapping[str, Any] = spec.get("securityContext") or {}
+    for container in spec.get("containers") or ():
+        if container["name"] in plan.containers:
+            _wrap(
+                container,
+                image=images.get(container["name"]),
+                store_key=key,
+                store_volume=store_volume,
+                pod_security=pod_security,
+                op=op,
+            )
+
+    memory = sizing.checkpointed_memory(
+        (c for c in spec.get("containers") or () if c["name"] in plan.containers),
+        op.assumed_memory_bytes,
+    )
+    grace = sizing.grace_period_seconds(
+        memory.total, bytes_per_second=op.dump_bytes_per_second, base_seconds=op.grace_base_seconds
+    )
+    spec["terminationGracePeriodSeconds"] = max(
+        int(spec.get("terminationGracePeriodSeconds") or 30), grace
+    )
+    return new
+
+
+def _bundle_init_container(op: OperatorSettings) -> dict[str, Any]:
+    return {
+        "name": BUNDLE_INIT_CONTAINER,
+        "image": op.bundle_image,
+        "imagePullPolicy": op.bundle_image_pull_policy,
+        "command": list(op.bundle_install_command),
+        "volumeMounts": [{"name": BUNDLE_VOLUME, "mountPath": op.bundle_mount_path}],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"memory": "128Mi"},
+        },
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def _wrap(
+    container: dict[str, Any],
+    *,
+    image: ImageArgv | None,
+    store_key: str,
+    store_volume: str,
+    pod_security: Mapping[str, Any],
+    op: OperatorSettings,
+) -> None:
+    name = container["name"]
+    argv = original_argv(container, image)
+    container["command"] = [
+        op.agent_path,
+        "run",
+        "--store",
+        f"{op.store_mount_path}/{store_key}/{name}",
+        "--container",
+        name,
+        "--labels-file",
+        f"{op.meta_mount_path}/labels",
+        "--annotations-file",
+        f"{op.meta_mount_path}/annotations",
+        "--",
+    ]
+    container["args"] = argv
+
+    mounts = container.setdefault("volumeMounts", [])
+    mounts.append({"name": BUNDLE_VOLUME, "mountPath": op.bundle_mount_path, "readOnly": True})
+    mounts.append({"name": META_VOLUME, "mountPath": op.meta_mount_path, "readOnly": True})
+    mounts.append({"name": store_volume, "mountPath": op.store_mount_path})
+
+    field_env = {
+        POD_NAME_ENV: "metadata.name",
+        "PODCKPT_POD_NAMESPACE": "metadata.namespace",
+        "PODCKPT_POD_UID": "metadata.uid",
+        "PODCKPT_NODE_NAME": "spec.nodeName",
+    }
+    env = [e for e in container.get("env") or () if e.get("name") not in field_env]
+    env += [
+        {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+        for var, path in field_env.items()
+    ]
+    container["env"] = env
+
+    security = container.setdefault("securityContext", {})
+    capabilities = security.setdefault("capabilities", {})
+    add = list(capabilities.get("add") or ())
+    add += [cap for cap in op.agent_capabilities if cap not in add]
+    capabilities["add"] = add
+    if capabilities.get("drop"):
+        capabilities["drop"] = [c for c in capabilities["drop"] if c not in op.agent_capabilities]
+    security["seccompProfile"] = {"type": "Unconfined"}
+    # The agent runs as root; the user the application ran as is handed to it, so that it
+    # can run the application (and CRIU's dump) under that user.
+    original_user = security.get("runAsUser", pod_security.get("runAsUser"))
+    original_group = security.get("runAsGroup", pod_security.get("runAsGroup"))
+    if original_user not in (None, 0):
+        env.append({"name": "PODCKPT_APP_UID", "value": str(original_user)})
+    if original_group not in (None, 0):
+        env.append({"name": "PODCKPT_APP_GID", "value": str(original_group)})
+    security["runAsUser"] = 0
+    security["runAsNonRoot"] = False
+
+
+def make_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The JSON patch from `original` to `mutated`."""
+    ops: list[dict[str, Any]] = jsonpatch.make_patch(dict(original), dict(mutated)).patch
+    return ops
