@@ -189,3 +189,30 @@ def test_destroy_leaves_nothing_mounted(sandbox_factory, criu_rootfs, tmp_path):
     mountinfo = Path("/proc/self/mountinfo").read_text()
     assert str(state) not in mountinfo
     assert str(criu_rootfs) not in mountinfo
+
+
+def test_restore_in_a_new_sandbox_writes_to_its_pipes(sandbox_factory, criu_rootfs, tmp_path):
+    """The agent's flow in miniature: dump in one sandbox, restore in a fresh one, and the
+    restored app's stdout follows the new container's pipe (via --inherit-fd)."""
+    images = tmp_path / "img"
+    images.mkdir()
+    a = sandbox_factory(criu_rootfs, REAPER, binds=[Bind(images, "/img")])
+    # Push the PID counter up so the app's PID is free in the next, fresh PID namespace.
+    run(a, "for i in $(seq 300); do /bin/true; done")
+    app = "while :; do echo tick; sleep 0.1; done"
+    pid = int(run(a, f"setsid sh -c '{app}' </dev/null >/proc/1/fd/1 2>&1 & echo $!").stdout)
+    assert wait_for(lambda: "tick" in a.stdout_text())
+    pipe = os.readlink(f"/proc/{a.pid}/fd/1")  # "pipe:[N]", what the image refers to
+    dump = run(a, f"criu dump -t {pid} -D /img -o dump.log", timeout=60)
+    assert dump.returncode == 0, (images / "dump.log").read_text()[-2000:]
+    a.destroy()
+
+    b = sandbox_factory(criu_rootfs, REAPER, binds=[Bind(images, "/img")])
+    restore = run(
+        b,
+        f"criu restore -d -D /img -o restore.log --inherit-fd 'fd[3]:{pipe}' 3>/proc/1/fd/1",
+        timeout=60,
+    )
+    assert restore.returncode == 0, (images / "restore.log").read_text()[-2000:]
+    assert wait_for(lambda: "tick" in b.stdout_text())
+    assert b"sh" in run(b, f"cat /proc/{pid}/cmdline").stdout
