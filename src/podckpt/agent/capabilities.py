@@ -1,0 +1,102 @@
+"""Which Linux capabilities the agent needs, and a start-time check that names what is missing.
+
+The agent runs CRIU itself, inside the container, so the container needs what CRIU needs. The
+set below was measured in the test sandbox (docs/agent.md, "Capabilities"): CRIU's
+`--unprivileged` mode needs CAP_CHECKPOINT_RESTORE (restore PIDs with clone3 `set_tid`, read
+/proc/PID/map_files) and CAP_SETPCAP (restore the tasks' capability sets); CAP_SYS_PTRACE lets
+it seize tasks whose capabilities differ from its own (an application that raised or dropped
+capabilities). With CAP_SYS_ADMIN as well, the agent runs CRIU in its privileged mode.
+The webhook adds exactly these to checkpointed containers; the bundle engineer may narrow them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import EnvironmentProblem
+
+CAP_NUMBERS: dict[str, int] = {
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_DAC_READ_SEARCH": 2,
+    "CAP_FOWNER": 3,
+    "CAP_FSETID": 4,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_NET_ADMIN": 12,
+    "CAP_SYS_CHROOT": 18,
+    "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_RESOURCE": 24,
+    "CAP_SYS_TIME": 25,
+    "CAP_CHECKPOINT_RESTORE": 40,
+}
+
+#: Needed for every dump and restore (criu --unprivileged).
+REQUIRED_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_SETPCAP",
+    "CAP_SYS_PTRACE",
+)
+
+#: With all of these CRIU runs in its privileged mode (no `--unprivileged`), which also
+#: suspends seccomp filters and restores time namespaces.
+PRIVILEGED_CRIU_CAPABILITIES: tuple[str, ...] = (
+    "CAP_SYS_ADMIN",
+    "CAP_NET_ADMIN",
+    "CAP_SYS_TIME",
+    "CAP_SYS_CHROOT",
+    "CAP_SETPCAP",
+)
+
+
+def effective_capabilities(status_path: str | Path = "/proc/self/status") -> int:
+    """The CapEff bit mask of this process."""
+    for line in Path(status_path).read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise EnvironmentProblem(f"{status_path} has no CapEff line")
+
+
+def missing(required: Iterable[str], mask: int) -> list[str]:
+    return [name for name in required if not mask >> CAP_NUMBERS[name] & 1]
+
+
+def check_required(mask: int | None = None) -> None:
+    """Raise naming each missing capability, before anything is started."""
+    mask = effective_capabilities() if mask is None else mask
+    absent = missing(REQUIRED_CAPABILITIES, mask)
+    if absent:
+        raise EnvironmentProblem(
+            "missing capabilit"
+            + ("y " if len(absent) == 1 else "ies ")
+            + ", ".join(absent)
+            + ": CRIU cannot checkpoint or restore this container; add them to the container's"
+            " securityContext.capabilities (the podckpt webhook does this for opted-in pods)"
+        )
+
+
+def criu_privileged(mask: int | None = None) -> bool:
+    mask = effective_capabilities() if mask is None else mask
+    return not missing(PRIVILEGED_CRIU_CAPABILITIES, mask)
+
+
+def seccomp_mode(status_path: str | Path = "/proc/self/status") -> int:
+    """0 when no seccomp filter applies to this process (Seccomp: line of /proc/PID/status)."""
+    for line in Path(status_path).read_text().splitlines():
+        if line.startswith("Seccomp:"):
+            return int(line.split()[1])
+    return 0
+
+
+def check_seccomp(status_path: str | Path = "/proc/self/status") -> None:
+    mode = seccomp_mode(status_path)
+    if mode != 0:
+        raise EnvironmentProblem(
+            f"the agent runs under a seccomp filter (Seccomp: {mode}); CRIU cannot dump a"
+            " process under seccomp from inside the container: set the container's"
+            " securityContext.seccompProfile.type to Unconfined"
+        )

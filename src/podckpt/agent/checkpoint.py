@@ -1,0 +1,198 @@
+"""Dump the application's tree and commit it as a new generation.
+
+Order, and why:
+1. `criu dump --leave-stopped`: the tree is dumped and stays stopped, so the files it holds
+   open keep exactly the size CRIU recorded;
+2. the open files (and `checkpoint-files`) are copied into the generation while it is stopped;
+3. periodic/on-request checkpoint: the tree is continued now, before the slow part;
+4. checksums + fsync of every file, manifest written last, LATEST renamed (store.commit);
+5. final checkpoint (SIGTERM): only now is the tree killed. If anything failed, it is continued
+   instead, so the application still gets its SIGTERM and its chance to exit gracefully.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+
+from podckpt.api import CheckpointSettings
+
+from . import AGENT_VERSION, criu, files, log, proctree
+from .context import Context
+from .errors import (
+    AgentError,
+    CriuFailedError,
+    StoreWriteError,
+    UnsupportedProcessError,
+)
+from .log import Timer
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpOutcome:
+    generation: str
+    duration_s: float
+    stats: dict[str, int]
+    bytes: int
+
+
+def check_supported(root: int) -> None:
+    """Refuse, in one clear line, what CRIU would refuse with a cryptic one."""
+    members = proctree.members(root)
+    users = {proctree.uids(pid)[1] for pid in members if proctree.uids(pid)}
+    if len(users) > 1:
+        raise UnsupportedProcessError(
+            "the application's processes run as different users (uids "
+            + ", ".join(map(str, sorted(users)))
+            + "): CRIU cannot checkpoint such a tree from inside the container"
+        )
+    own_ipc = _ns("self", "ipc")
+    for pid in members:
+        for fd in _list(f"/proc/{pid}/fd"):
+            if proctree.fd_target(pid, int(fd)) == "anon_inode:[io_uring]":
+                raise UnsupportedProcessError(
+                    f"process {pid} holds an io_uring instance, which CRIU cannot checkpoint"
+                    " (make the application fall back to epoll)"
+                )
+        if _ns(str(pid), "ipc") == own_ipc and _has_sysv_shm(pid):
+            raise UnsupportedProcessError(
+                f"process {pid} maps System V shared memory of the container's IPC namespace;"
+                " CRIU saves it only with an IPC namespace of the application's own"
+            )
+
+
+def _list(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _ns(pid: str, kind: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
+def _has_sysv_shm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return any(" /SYSV" in line for line in maps)
+    except OSError:
+        return False
+
+
+def stdio_identities(root: int) -> dict[str, str]:
+    """What the root's fds 0-2 are (`pipe:[1234]`), for `--inherit-fd` at restore."""
+    result = {}
+    for fd in (0, 1, 2):
+        target = proctree.fd_target(root, fd)
+        if target is not None:
+            result[str(fd)] = target
+    return result
+
+
+def dump(
+    ctx: Context, root: int, settings: CheckpointSettings, *, final: bool, reason: str
+) -> DumpOutcome:
+    """Checkpoint the tree of `root`. On success with `final` the tree is dead; in every other
+    case it runs on. Raises AgentError (the store's previous generation is untouched)."""
+    timer = Timer()
+    store = ctx.store
+    with store.lock():
+        check_supported(root)
+        gen = store.begin()
+        stdio = stdio_identities(root)
+        stopped = False
+        try:
+            try:
+                result = criu.run(
+                    ctx.criu,
+                    "dump",
+                    criu.dump_args(
+                        root,
+                        gen.images,
+                        privileged=ctx.privileged,
+                        irmap_scan_paths=settings.irmap_scan_paths,
+                    ),
+                    gen.path / "dump.log",
+                )
+            except CriuFailedError as exc:
+                raise _explain_full(ctx, exc) from exc
+            stopped = True
+            stopped_timer = Timer()
+            log.emit(
+                "dump",
+                "ok",
+                result.duration_s,
+                reason=reason,
+                generation=gen.name,
+                pid=root,
+                criu=result.stats,
+            )
+            members = proctree.members(root)
+            found, dirs = files.open_files(
+                members, exclude=ctx.exclude, changed_since=ctx.lineage_start
+            )
+            extra_files, extra_dirs = files.expand(settings.files)
+            saved = files.save([*found, *extra_files], [*dirs, *extra_dirs], gen.path)
+            stopped_s = result.stats.get("frozen_time_us", 0) / 1e6 + stopped_timer.elapsed()
+            if not final:
+                proctree.continue_tree(root)
+                stopped = False
+            commit_timer = Timer()
+            manifest = store.commit(
+                gen,
+                {
+                    "reason": reason,
+                    "agent_version": AGENT_VERSION,
+                    "criu_version": ctx.criu.version_text,
+                    "criu_privileged": ctx.privileged,
+                    "root_pid": root,
+                    "stdio": stdio,
+                    "lineage_start": ctx.lineage_start,
+                    "saved_files": [e["path"] for e in saved if e["kind"] != "dir"],
+                    "criu_stats": result.stats,
+                },
+            )
+            pruned = store.prune(settings.keep, diagnosis=settings.diagnosis)
+            log.emit(
+                "commit",
+                "ok",
+                commit_timer.elapsed(),
+                generation=gen.name,
+                bytes=manifest["total_bytes"],
+                files=len(manifest["saved_files"]),
+                app_stopped_s=round(stopped_s, 4),
+                pruned=pruned or None,
+            )
+        except BaseException:
+            if stopped:
+                proctree.continue_tree(root)
+            _keep_failed_log(ctx, gen.path / "dump.log", settings.diagnosis)
+            store.discard(gen)
+            raise
+        if final:
+            proctree.kill_tree(root)
+        return DumpOutcome(gen.name, timer.elapsed(), result.stats, manifest["total_bytes"])
+
+
+def _keep_failed_log(ctx: Context, dump_log: os.PathLike[str], diagnosis: bool) -> None:
+    """The failed generation is removed; its CRIU log is kept beside the store for diagnosis."""
+    if not os.path.exists(dump_log):
+        return
+    with contextlib.suppress(OSError):
+        shutil.copyfile(dump_log, ctx.store_root / "last-failed-dump.log")
+
+
+def _explain_full(ctx: Context, exc: CriuFailedError) -> AgentError:
+    """A CRIU failure on a full store says so (decided by free space, not by log text)."""
+    free = ctx.store.free_bytes()
+    if free is not None and free < (1 << 20):
+        return StoreWriteError(
+            f"checkpoint store {ctx.store_root} is full ({free} bytes free): {exc}"
+        )
+    return exc

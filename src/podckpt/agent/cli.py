@@ -1,0 +1,179 @@
+"""`podckpt-agent`: command line of the agent.
+
+podckpt-agent run [--store DIR] [--container NAME] [--labels-file F]
+                  [--annotations-file F] -- ARGV...
+podckpt-agent checkpoint [--container NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+_STARTED = time.monotonic()
+
+from . import AGENT_VERSION, capabilities, control, criu, exitcodes, log  # noqa: E402
+from .context import Context  # noqa: E402
+from .errors import AgentError, CriuMissingError, CriuTooOldError, EnvironmentProblem  # noqa: E402
+from .settings import LiveSettings  # noqa: E402
+from .store import Store  # noqa: E402
+from .supervisor import RestoreFailed, Supervisor, become_subreaper  # noqa: E402
+
+DESCRIPTION = """\
+Transparent CRIU checkpoint/restore for a container: the agent runs as PID 1, restores the
+application from its checkpoint store or starts ARGV fresh, checkpoints it on SIGTERM (when
+the pod's memverge.ai/checkpoint-mode label is true), and exits with the application's code."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with the agent-failure code in one line, never with 2: the
+    application's own exit code 2 must stay unambiguous."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"usage: {message} (see podckpt-agent --help)")
+
+
+def fail(message: str, code: int = exitcodes.AGENT_FAILURE) -> NoReturn:
+    log.emit("start", "failed", error=message, exit_code=code)
+    sys.stderr.write(f"podckpt-agent: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="podckpt-agent",
+        description=DESCRIPTION,
+        epilog=exitcodes.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"podckpt-agent {AGENT_VERSION}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="supervise ARGV: restore it or start it fresh; checkpoint it on SIGTERM",
+        epilog=exitcodes.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--store",
+        type=Path,
+        default=os.environ.get("PODCKPT_STORE"),
+        help="this container's checkpoint store directory (default $PODCKPT_STORE;"
+        " without one the agent only supervises)",
+    )
+    run.add_argument(
+        "--container",
+        default=os.environ.get("PODCKPT_CONTAINER"),
+        help="container name recorded in and checked against the store"
+        " (default $PODCKPT_CONTAINER, else the store directory's name)",
+    )
+    run.add_argument(
+        "--labels-file",
+        type=Path,
+        help="downward-API file of the pod's labels, re-read at SIGTERM"
+        " (without it checkpointing is on)",
+    )
+    run.add_argument(
+        "--annotations-file", type=Path, help="downward-API file of the pod's annotations"
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- the application's command")
+    ckpt = sub.add_parser(
+        "checkpoint", help="ask the running agent for a checkpoint now (the application runs on)"
+    )
+    ckpt.add_argument("--container", help="whose agent (needed when several run in the pod)")
+    ckpt.add_argument("--timeout", type=float, default=600.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = build_parser().parse_args(argv)
+    if args.command == "checkpoint":
+        raise SystemExit(checkpoint_command(args.container, args.timeout))
+    raise SystemExit(run_command(args))
+
+
+def checkpoint_command(container: str | None, timeout: float) -> int:
+    try:
+        answer = control.request(container, "checkpoint", timeout)
+    except AgentError as exc:
+        sys.stderr.write(f"podckpt-agent checkpoint: {exc}\n")
+        return exitcodes.AGENT_FAILURE
+    if answer.get("ok"):
+        sys.stdout.write(f"checkpoint {answer.get('generation')} committed\n")
+        return 0
+    sys.stderr.write(f"podckpt-agent checkpoint: failed: {answer.get('error')}\n")
+    return 1
+
+
+def run_command(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        fail("missing the application's command: podckpt-agent run [options] -- ARGV...")
+    live = LiveSettings(args.labels_file, args.annotations_file)
+    try:
+        settings = live.read()
+    except AgentError as exc:
+        fail(str(exc))
+    for warning in settings.warnings:
+        log.emit("settings", "warning", warning=warning)
+
+    ctx: Context | None = None
+    if args.store is not None:
+        container = args.container or Path(args.store).name
+        store = Store(Path(args.store), container)
+        try:
+            store.open()
+        except AgentError as exc:
+            fail(str(exc))
+        ctx = _prepare_criu(store, settings.mode)
+    else:
+        container = args.container or "app"
+        log.emit("start", "no-store", why="no --store: the agent supervises but never checkpoints")
+
+    supervisor = Supervisor(argv, live, settings, ctx, container, _STARTED)
+    become_subreaper()
+    supervisor.install_signals()
+    try:
+        supervisor.start()
+    except RestoreFailed as exc:
+        fail(str(exc), exitcodes.RESTORE_FAILURE)
+    except AgentError as exc:
+        fail(str(exc))
+    supervisor.open_control()
+    return supervisor.run()
+
+
+def _prepare_criu(store: Store, enabled: bool) -> Context | None:
+    """Check CRIU, capabilities and seccomp now, not at the first dump.
+
+    With checkpointing on (or a checkpoint waiting to be restored) a problem is fatal; a
+    dormant agent (checkpoint-mode off) only warns and supervises."""
+    needed = enabled or bool(store.candidates())
+    try:
+        found = criu.find()
+        capabilities.check_seccomp()
+        capabilities.check_required()
+    except (CriuMissingError, CriuTooOldError, EnvironmentProblem) as exc:
+        if needed:
+            fail(str(exc))
+        log.emit("start", "dormant", why=str(exc))
+        return None
+    exclude = [str(store.root)]
+    bundle = os.environ.get(criu.BUNDLE_ENV)
+    if bundle:
+        exclude.append(bundle)
+    return Context(
+        store=store,
+        criu=found,
+        privileged=capabilities.criu_privileged(),
+        exclude=exclude,
+        lineage_start=time.time() - 1.0,
+    )

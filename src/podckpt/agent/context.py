@@ -1,0 +1,28 @@
+"""What dump and restore share: the store, CRIU, the mode CRIU runs in, the paths never saved."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .criu import Criu
+from .store import Store
+
+
+@dataclasses.dataclass
+class Context:
+    store: Store
+    criu: Criu
+    #: CRIU's privileged mode (CAP_SYS_ADMIN and friends) or `--unprivileged`.
+    privileged: bool
+    #: Never saved as application files: the store itself, the agent's bundle.
+    exclude: list[str]
+    #: Wall-clock time of the application's first (fresh) start, carried across restores: a
+    #: root-filesystem file changed since then is in the writable layer and must be saved.
+    lineage_start: float
+    #: Where the restored tree's stdin/stdout/stderr come from (the agent's own, normally).
+    stdio_fds: tuple[int, int, int] = (0, 1, 2)
+
+    @property
+    def store_root(self) -> Path:
+        return self.store.root

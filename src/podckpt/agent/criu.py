@@ -1,0 +1,224 @@
+"""Finding, checking and running CRIU.
+
+Two kinds of failure are kept apart, as fastfreeze does: `CriuRunError` when CRIU could not be
+executed at all (missing binary, bad loader), and `CriuFailedError` when CRIU ran and said no
+(its exit code, its log file, the last error lines of that log).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .errors import CriuFailedError, CriuMissingError, CriuRunError, CriuTooOldError
+from .log import Timer
+
+#: Kernel 6.16+ refuses socket options CRIU < 4.2 reads (CRIU issue #2705); 4.1 cannot dump
+#: any process with a TCP socket there. Images are not portable across these versions either.
+MIN_VERSION = (4, 2)
+CRIU_ENV = "PODCKPT_CRIU"
+BUNDLE_ENV = "PODCKPT_BUNDLE"
+
+_VERSION = re.compile(r"^Version:\s*([0-9]+)\.([0-9]+)(?:\.([0-9]+))?", re.MULTILINE)
+_STAT_LINE = re.compile(r"^([A-Za-z][A-Za-z ]+?):\s+([0-9]+)(?:\s+(us|\(0x[0-9a-f]+\)))?\s*$")
+_ERROR_LINE = re.compile(r"^(?:\([0-9. ]+\)\s+)?(Error|Warn)\b")
+_TAIL_LINES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Criu:
+    """A CRIU binary that answered `--version` with a usable version."""
+
+    path: str
+    version: tuple[int, int, int]
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+
+@dataclasses.dataclass(frozen=True)
+class CriuResult:
+    duration_s: float
+    stats: dict[str, int]
+
+
+def locate(env: Mapping[str, str] | None = None) -> str:
+    """`$PODCKPT_CRIU`, else the bundle's `criu/criu`, else `criu` on PATH."""
+    env = os.environ if env is None else env
+    explicit = env.get(CRIU_ENV)
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise CriuMissingError(f"${CRIU_ENV}={explicit} is not an executable file")
+        return explicit
+    bundle = env.get(BUNDLE_ENV)
+    if bundle:
+        candidate = os.path.join(bundle, "criu", "criu")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("criu", path=env.get("PATH", os.defpath))
+    if found is None:
+        raise CriuMissingError(
+            "CRIU not found: set $PODCKPT_CRIU, run the agent from its bundle, or put criu"
+            " (>= 4.2) on PATH"
+        )
+    return found
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    match = _VERSION.search(text)
+    if match is None:
+        return None
+    return (int(match[1]), int(match[2]), int(match[3] or 0))
+
+
+def probe(path: str) -> Criu:
+    """Run `criu --version`; refuse a CRIU older than MIN_VERSION."""
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CriuMissingError(f"cannot run {path} --version: {exc}") from exc
+    version = parse_version(done.stdout)
+    if done.returncode != 0 or version is None:
+        raise CriuMissingError(
+            f"{path} --version failed (exit {done.returncode}): "
+            + (done.stderr.strip() or done.stdout.strip())[:300]
+        )
+    if version[:2] < MIN_VERSION:
+        raise CriuTooOldError(
+            f"{path} is CRIU {'.'.join(map(str, version))}; this kernel needs CRIU >="
+            f" {'.'.join(map(str, MIN_VERSION))} (older versions fail on any TCP socket)"
+        )
+    return Criu(path, version)
+
+
+def find(env: Mapping[str, str] | None = None) -> Criu:
+    return probe(locate(env))
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """CRIU's `--display-stats` table as {"frozen_time_us": 22436, "pages_written": 59, ...}."""
+    stats: dict[str, int] = {}
+    for line in text.splitlines():
+        match = _STAT_LINE.match(line.strip())
+        if match is None:
+            continue
+        name = match[1].lower().replace("memory ", "").replace(" ", "_")
+        if match[3] == "us":
+            name += "_us"
+        stats[name] = int(match[2])
+    return stats
+
+
+def log_tail(log_path: str | Path, count: int = _TAIL_LINES) -> list[str]:
+    """The last error (or, failing that, warning) lines of a CRIU log."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    errors = [line.strip() for line in lines if _ERROR_LINE.match(line.strip())]
+    hard = [line for line in errors if "Error" in line.split(")", 1)[-1][:8]]
+    chosen = hard or errors or lines
+    return chosen[-count:]
+
+
+def run(
+    criu: Criu,
+    action: str,
+    args: Sequence[str],
+    log_path: str | Path,
+    *,
+    pass_fds: Sequence[int] = (),
+    timeout: float | None = None,
+) -> CriuResult:
+    """Run `criu ACTION ARGS -o LOG -v4 --display-stats`; raise on failure, return statistics.
+
+    CRIU's stdout/stderr are captured (never the container's): its statistics come from there.
+    """
+    argv = [criu.path, action, *args, "-o", str(log_path), "-v4", "--display-stats"]
+    timer = Timer()
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            pass_fds=tuple(pass_fds),
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CriuRunError(f"cannot run criu {action}: {exc}") from exc
+    if done.returncode != 0:
+        tail = (
+            log_tail(log_path)
+            or [line for line in (done.stderr + done.stdout).splitlines() if line.strip()][
+                -_TAIL_LINES:
+            ]
+        )
+        raise CriuFailedError(action, done.returncode, str(log_path), tail)
+    return CriuResult(timer.elapsed(), parse_stats(done.stdout + "\n" + done.stderr))
+
+
+def common_args(*, privileged: bool) -> list[str]:
+    """Options shared by dump and restore.
+
+    `--manage-cgroups=ignore`: the new pod has other cgroups; the restored tree stays in the
+    agent's. `--tcp-close`: the pod IP changes, so established connections cannot survive;
+    peers see them closed and reconnect, listeners are restored. `--file-locks`: applications
+    lock their own files (pid files, databases).
+    """
+    args = ["--manage-cgroups=ignore", "--tcp-close", "--file-locks"]
+    if not privileged:
+        args.append("--unprivileged")
+    return args
+
+
+def dump_args(
+    pid: int,
+    images: Path,
+    *,
+    privileged: bool,
+    irmap_scan_paths: Sequence[str] = (),
+    ghost_limit: int = 64 << 20,
+) -> list[str]:
+    """`--leave-stopped`: the tree stays stopped after the dump so that the agent copies the
+    files it holds open at exactly the dumped size, then kills it (SIGTERM) or continues it
+    (periodic checkpoint)."""
+    args = ["-t", str(pid), "-D", str(images), "--leave-stopped", f"--ghost-limit={ghost_limit}"]
+    for path in irmap_scan_paths:
+        args.append(f"--irmap-scan-path={path}")
+    return args + common_args(privileged=privileged)
+
+
+def restore_args(
+    images: Path,
+    pidfile: Path,
+    inherit: Mapping[int, str],
+    *,
+    privileged: bool,
+) -> list[str]:
+    """`-d --restore-sibling`: the restored root becomes the agent's child, so the agent reaps
+    it and gets its exit code. `--leave-stopped`: the agent moves the PID counter above the
+    application's range before any restored task can fork (see pids.py).
+    `--inherit-fd`: the new container's stdout/stderr replace the dumped ones."""
+    args = [
+        "-D",
+        str(images),
+        "--restore-detached",
+        "--restore-sibling",
+        "--pidfile",
+        str(pidfile),
+        "--leave-stopped",
+    ]
+    for fd, key in sorted(inherit.items()):
+        args.append(f"--inherit-fd=fd[{fd}]:{key}")
+    return args + common_args(privileged=privileged)

@@ -1,0 +1,81 @@
+"""Keeping the application's PIDs out of the range the agent and CRIU use.
+
+CRIU restores every task at its old PID. In the new container the agent is PID 1 and CRIU and
+its helpers take the next free PIDs, so a tree that started right after the agent (PIDs 2, 3,
+...) collides with CRIU itself (`Can't fork for 2: File exists`). The agent therefore starts
+the application only once the PID counter of its namespace is above PID_FLOOR, and moves it
+there again after a restore before the restored tree may run (it is restored stopped).
+
+300 is the kernel's RESERVED_PIDS: after the counter wraps at pid_max the kernel itself hands out
+PIDs from 300 on, so every PID the application ever gets is >= 300, while the agent, CRIU and
+its helpers live below it.
+
+How: write `ns_last_pid` when /proc/sys is writable (one write); otherwise - the case in every
+runc container, where /proc/sys is read-only - burn PIDs: each posix_spawn of a path that does
+not exist allocates a PID and fails at once (a vfork, no page tables copied). Measured here:
+~0.17 ms per PID, ~50 ms for 300; os.fork of the agent costs ~8 ms each, threads ~0.3 ms;
+clone3 `set_tid` puts one task at a chosen PID but does not move the counter, so the
+application's children and threads would still get low PIDs (measured: docs/agent.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from pathlib import Path
+
+from .log import Timer
+
+PID_FLOOR = 300
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+_NO_SUCH_PROGRAM = "/nonexistent/podckpt-pid-burner"
+_MAX_BURN = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class FloorResult:
+    method: str  # "already", "ns_last_pid", "burn"
+    last_pid: int
+    burned: int
+    duration_s: float
+
+
+def last_pid() -> int:
+    """The last PID handed out in this PID namespace."""
+    try:
+        return int(NS_LAST_PID.read_text())
+    except (OSError, ValueError):
+        # No readable ns_last_pid: a thread's TID is the next PID the namespace hands out.
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        thread.join()
+        return thread.native_id or 0
+
+
+def _burn_one() -> None:
+    try:
+        pid = os.posix_spawn(_NO_SUCH_PROGRAM, [_NO_SUCH_PROGRAM], {})
+    except OSError:
+        return  # the expected outcome: glibc already reaped the failed child
+    os.waitpid(pid, 0)  # a libc that reports exec failure as a child exit code
+
+
+def raise_floor(floor: int = PID_FLOOR) -> FloorResult:
+    """Make sure the next PID this namespace hands out is >= floor."""
+    timer = Timer()
+    current = last_pid()
+    if current >= floor - 1:
+        return FloorResult("already", current, 0, timer.elapsed())
+    try:
+        NS_LAST_PID.write_text(str(floor - 1))
+        return FloorResult("ns_last_pid", last_pid(), 0, timer.elapsed())
+    except OSError:
+        pass  # read-only /proc/sys, as in every runc container
+    burned = 0
+    while current < floor - 1 and burned < _MAX_BURN:
+        for _ in range(floor - 1 - current):
+            _burn_one()
+            burned += 1
+        current = last_pid()
+    return FloorResult("burn", current, burned, timer.elapsed())

@@ -1,0 +1,97 @@
+"""The application's process tree as /proc shows it: members, stop/continue, kill.
+
+The tree is the application's root process and every descendant of it. Processes the agent
+itself started (CRIU) are its siblings, never members, so they are never dumped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (field 3 = state is index 0)."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def parent_of(pid: int) -> int | None:
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def state_of(pid: int) -> str | None:
+    fields = stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir(PROC) if name.isdigit()]
+
+
+def members(root: int) -> list[int]:
+    """The root and all its descendants, root first (parents before children)."""
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        ppid = parent_of(pid)
+        if ppid is not None:
+            children.setdefault(ppid, []).append(pid)
+    if not (PROC / str(root)).exists():
+        return []
+    order = [root]
+    index = 0
+    while index < len(order):
+        order.extend(sorted(children.get(order[index], [])))
+        index += 1
+    return order
+
+
+def threads(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(PROC / str(pid) / "task"))
+    except OSError:
+        return []
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def continue_tree(root: int) -> int:
+    """SIGCONT every member (after `criu --leave-stopped`); returns how many."""
+    pids = members(root)
+    signal_all(pids, signal.SIGCONT)
+    return len(pids)
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL every member, children first so no orphan is reparented mid-way."""
+    signal_all(list(reversed(members(root))), signal.SIGKILL)
+
+
+def uids(pid: int) -> tuple[int, ...]:
+    """Real, effective, saved and filesystem uids of a process."""
+    try:
+        for line in (PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return tuple(int(v) for v in line.split()[1:])
+    except OSError:
+        pass
+    return ()
+
+
+def fd_target(pid: int, fd: int) -> str | None:
+    try:
+        return os.readlink(PROC / str(pid) / "fd" / str(fd))
+    except OSError:
+        return None

@@ -1,0 +1,134 @@
+"""Restore the newest usable generation, falling back to older ones.
+
+Each candidate is verified (manifest, sizes, checksums), its saved files are put back, and
+`criu restore -d --restore-sibling --leave-stopped` makes the restored root the agent's own
+child. The PID counter is then moved above the application's range (pids.py) and the tree is
+continued. A generation that fails is marked FAILED and never tried again, so a bad image can
+never crash-loop the container.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from . import criu, files, log, pids, proctree
+from .context import Context
+from .errors import (
+    AgentError,
+    CriuFailedError,
+    CriuRunError,
+    FilesError,
+    GenerationInvalidError,
+)
+from .log import Timer
+from .store import FAILED, Generation
+
+_INHERITABLE = ("pipe:", "socket:")
+_FD_BASE = 100  # the new stdio is passed to CRIU at fds 100-102, its own stdio stays captured
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    generation: str
+    root_pid: int
+    manifest: dict[str, Any]
+    attempts: list[dict[str, str]]
+
+
+def inherit_map(stdio: dict[str, str]) -> dict[int, str]:
+    """fd number CRIU gets → dumped identity it replaces (`pipe:[1234]`), once per identity."""
+    result: dict[int, str] = {}
+    seen: set[str] = set()
+    for fd in ("1", "2", "0"):
+        key = stdio.get(fd)
+        if key and key.startswith(_INHERITABLE) and key not in seen:
+            seen.add(key)
+            result[_FD_BASE + int(fd)] = key
+    return result
+
+
+def _compatible(ctx: Context, gen: Generation, manifest: dict[str, Any]) -> None:
+    dumped = str(manifest.get("criu_version", ""))
+    if dumped.split(".")[:2] != ctx.criu.version_text.split(".")[:2]:
+        raise GenerationInvalidError(
+            gen.name, f"dumped by CRIU {dumped}, this is CRIU {ctx.criu.version_text}"
+        )
+
+
+def try_restore(ctx: Context, gen: Generation) -> tuple[int, dict[str, Any]]:
+    """Restore one generation; returns the root PID (running) and the manifest."""
+    manifest = ctx.store.verify(gen)
+    _compatible(ctx, gen, manifest)
+    written = files.put_back(gen.path)
+    pidfile = gen.path / "restore.pid"
+    inherit = inherit_map(manifest.get("stdio", {}))
+    passed = []
+    try:
+        for fd in inherit:
+            os.dup2(ctx.stdio_fds[fd - _FD_BASE], fd, inheritable=True)
+            passed.append(fd)
+        result = criu.run(
+            ctx.criu,
+            "restore",
+            criu.restore_args(gen.images, pidfile, inherit, privileged=ctx.privileged),
+            gen.path / "restore.log",
+            pass_fds=passed,
+        )
+        root = int(pidfile.read_text().strip())
+    except BaseException:
+        files.remove(written)
+        raise
+    finally:
+        for fd in passed:
+            os.close(fd)
+    floor = pids.raise_floor()
+    proctree.continue_tree(root)
+    manifest = {**manifest, "_restore_stats": result.stats, "_restore_s": result.duration_s}
+    manifest["_pid_floor"] = dataclasses.asdict(floor)
+    return root, manifest
+
+
+def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
+    """Try every candidate, newest first. None: nothing could be restored."""
+    store = ctx.store
+    attempts: list[dict[str, str]] = []
+    with store.lock():
+        removed = store.cleanup()
+        if removed:
+            log.emit(
+                "cleanup", "ok", removed=removed, why="uncommitted generations of a killed dump"
+            )
+        for gen in store.candidates():
+            timer = Timer()
+            try:
+                root, manifest = try_restore(ctx, gen)
+            except (GenerationInvalidError, CriuFailedError, CriuRunError, FilesError) as exc:
+                attempts.append({"generation": gen.name, "error": str(exc)})
+                log.emit("restore", "failed", timer.elapsed(), generation=gen.name, error=str(exc))
+                store.mark(gen, FAILED)
+                continue
+            except (OSError, ValueError) as exc:
+                error = AgentError(f"restore of {gen.name}: {exc}")
+                attempts.append({"generation": gen.name, "error": str(error)})
+                log.emit(
+                    "restore", "failed", timer.elapsed(), generation=gen.name, error=str(error)
+                )
+                store.mark(gen, FAILED)
+                continue
+            store.retire(gen, diagnosis=diagnosis)
+            log.emit(
+                "restore",
+                "ok",
+                timer.elapsed(),
+                generation=gen.name,
+                fallback=bool(attempts) or None,
+                skipped=[a["generation"] for a in attempts] or None,
+                pid=root,
+                criu_s=round(manifest["_restore_s"], 4),
+                pid_floor=manifest["_pid_floor"],
+                criu=manifest["_restore_stats"],
+            )
+            return Restored(gen.name, root, manifest, attempts)
+    return None

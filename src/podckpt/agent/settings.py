@@ -1,0 +1,57 @@
+"""The pod's keys as the agent sees them now: re-read from the downward-API files on demand.
+
+The kubelet rewrites the labels and annotations files when the pod's metadata changes, so
+reading them at the moment of SIGTERM makes `kubectl label pod P memverge.ai/checkpoint-mode-`
+take effect on a running pod. A value that became invalid while running is logged and the last
+valid settings stay in force: a typo must not silently turn checkpointing off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from podckpt.api import (
+    CheckpointSettings,
+    DownwardAPIFormatError,
+    InvalidValueError,
+    Key,
+    parse_settings,
+    read_downward_file,
+)
+
+from . import log
+from .errors import UsageError
+
+
+class LiveSettings:
+    def __init__(self, labels_file: Path | None, annotations_file: Path | None) -> None:
+        self.labels_file = labels_file
+        self.annotations_file = annotations_file
+        self.last: CheckpointSettings | None = None
+
+    def read(self) -> CheckpointSettings:
+        """Parse both files now. Without a labels file checkpointing is on (the agent was
+        wrapped around the entrypoint on purpose); with one, its `checkpoint-mode` decides."""
+        try:
+            labels = read_downward_file(self.labels_file) if self.labels_file else {}
+            annotations = read_downward_file(self.annotations_file) if self.annotations_file else {}
+            settings = parse_settings(labels, annotations)
+        except (InvalidValueError, DownwardAPIFormatError) as exc:
+            raise UsageError(str(exc)) from exc
+        except OSError as exc:
+            raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        if self.labels_file is None and Key.CHECKPOINT_MODE not in settings.sources:
+            settings = dataclasses.replace(settings, mode=True)
+        self.last = settings
+        return settings
+
+    def current(self) -> CheckpointSettings:
+        """Fresh settings, or the last valid ones if the files are unreadable or invalid."""
+        try:
+            return self.read()
+        except UsageError as exc:
+            if self.last is None:
+                raise
+            log.emit("settings", "invalid", error=str(exc), kept="last valid settings")
+            return self.last

@@ -1,0 +1,339 @@
+"""PID 1 duties: start or restore the application, forward signals, reap zombies, checkpoint
+on SIGTERM / on request / periodically, and exit with the application's code.
+
+One thread, one loop: signals arrive through `signal.set_wakeup_fd` (the Python handlers do
+nothing; the loop reads signal numbers from the pipe), the control socket is a selector key,
+and periodic checkpoints are the loop's timeout. No signal is ever blocked or ignored, because
+a blocked mask or SIG_IGN would be inherited by the application across exec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import stat
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from podckpt.api import CheckpointSettings, RestorePolicy
+
+from . import checkpoint, control, exitcodes, log, pids
+from .context import Context
+from .errors import AgentError, StoreError
+from .log import Timer
+from .restore import restore_latest
+from .settings import LiveSettings
+
+#: Forwarded to the application as they come. SIGCHLD is ours; SIGKILL/SIGSTOP cannot be
+#: caught; synchronous faults (SIGSEGV...) and terminal job control signals are not forwarded,
+#: as tini does.
+FORWARDED = tuple(
+    getattr(signal, name)
+    for name in (
+        "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTERM",
+        "SIGCONT", "SIGWINCH", "SIGPWR", "SIGURG", "SIGVTALRM", "SIGPROF", "SIGIO",
+    )
+    if hasattr(signal, name)
+)  # fmt: skip
+_PR_SET_CHILD_SUBREAPER = 36
+_DEV_NULL = os.makedev(1, 3)
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """The wakeup fd carries the signal; the Python-level handler has nothing to do."""
+
+
+def become_subreaper() -> None:
+    """When the agent is not PID 1 (a shared PID namespace), orphans must still come to it."""
+    if os.getpid() == 1:
+        return
+    import ctypes  # noqa: PLC0415 - only needed outside PID 1; ctypes is slow to import
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def stdio_actions() -> list[tuple[Any, ...]]:
+    """The application gets the agent's stdio, except that a /dev/null is reopened from the
+    container's own /dev: the runtime's /dev/null lives on a host mount that the container
+    cannot see, and CRIU refuses to dump a file on an unknown mount."""
+    actions: list[tuple[Any, ...]] = []
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_NULL and os.path.exists("/dev/null"):
+            actions.append((os.POSIX_SPAWN_OPEN, fd, "/dev/null", flags, 0))
+    return actions
+
+
+class Supervisor:
+    def __init__(  # noqa: PLR0917 - one call site, every argument named there
+        self,
+        argv: Sequence[str],
+        live: LiveSettings,
+        settings: CheckpointSettings,
+        ctx: Context | None,
+        container: str,
+        started_at: float,
+    ) -> None:
+        self.argv = list(argv)
+        self.live = live
+        self.settings = settings
+        self.ctx = ctx
+        self.container = container
+        self.started_at = started_at
+        self.root: int | None = None
+        self.exit_code: int | None = None
+        #: The last SIGTERM's dump failed: the previous generation stays restorable.
+        self.keep_generations = False
+        self.checkpointed = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._control: socket.socket | None = None
+        self._next_periodic: float | None = None
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (*FORWARDED, signal.SIGCHLD):
+            signal.signal(sig, _noop)
+
+    def open_control(self) -> None:
+        if self.ctx is None:
+            return
+        try:
+            self._control = control.listen(self.container)
+        except OSError as exc:
+            log.emit("control", "unavailable", error=str(exc))
+
+    # -- start -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore when the store allows it, else start fresh. Raises AgentError."""
+        ctx = self.ctx
+        policy = self.settings.restore_policy
+        if ctx is not None:
+            if ctx.store.completed():
+                log.emit("restore", "skipped", why="the application completed in its last run")
+            elif policy is RestorePolicy.FRESH:
+                log.emit("restore", "skipped", why="restore-policy is fresh")
+            else:
+                restored = restore_latest(ctx, diagnosis=self.settings.diagnosis)
+                if restored is not None:
+                    self.root = restored.root_pid
+                    ctx.lineage_start = float(
+                        restored.manifest.get("lineage_start", ctx.lineage_start)
+                    )
+                    return
+                had_attempts = bool(ctx.store.committed())
+                if policy is RestorePolicy.STRICT and had_attempts:
+                    raise RestoreFailed("restore-policy is strict and no generation restored")
+                if had_attempts:
+                    log.emit("restore", "fallback-fresh", why="no generation could be restored")
+            with ctx.store.lock():
+                removed = ctx.store.cleanup()
+                ctx.store.retire(None, diagnosis=self.settings.diagnosis)
+            if removed:
+                log.emit("cleanup", "ok", removed=removed, why="uncommitted generations")
+        self.start_fresh()
+
+    def start_fresh(self) -> None:
+        timer = Timer()
+        floor = pids.raise_floor()
+        try:
+            self.root = os.posix_spawnp(
+                self.argv[0],
+                self.argv,
+                os.environ,
+                file_actions=stdio_actions(),
+                setsid=True,
+                setsigdef=(*FORWARDED, signal.SIGCHLD, signal.SIGPIPE),
+                setsigmask=(),
+            )
+        except OSError as exc:
+            raise AgentError(f"cannot start {self.argv[0]}: {exc.strerror}") from exc
+        log.emit(
+            "fresh-start",
+            "ok",
+            timer.elapsed(),
+            pid=self.root,
+            argv=self.argv,
+            since_agent_start_s=round(time.monotonic() - self.started_at, 4),
+            pid_floor={
+                "method": floor.method,
+                "burned": floor.burned,
+                "s": round(floor.duration_s, 4),
+            },
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, "signals")
+        if self._control is not None:
+            sel.register(self._control, selectors.EVENT_READ, "control")
+        self._schedule_periodic()
+        while (code := self.exit_code) is None:
+            timeout = None
+            if self._next_periodic is not None:
+                timeout = max(0.0, self._next_periodic - time.monotonic())
+            for key, _ in sel.select(timeout):
+                if key.data == "signals":
+                    self._drain_signals()
+                elif key.data == "control":
+                    self._serve_control()
+                if self.finished():
+                    break
+            if (
+                not self.finished()
+                and self._next_periodic is not None
+                and time.monotonic() >= self._next_periodic
+            ):
+                self._periodic()
+        return code
+
+    def finished(self) -> bool:
+        return self.exit_code is not None
+
+    def _drain_signals(self) -> None:
+        try:
+            data = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGCHLD:
+                self._reap()
+            elif signum == signal.SIGTERM:
+                self._on_sigterm()
+            else:
+                self._forward(signum)
+            if self.exit_code is not None:
+                return
+        self._reap()
+
+    def _forward(self, signum: int) -> None:
+        if self.root is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.root, signum)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.root:
+                self._root_exited(status)
+                return
+
+    def _root_exited(self, status: int) -> None:
+        code = exitcodes.from_wait_status(status)
+        if self.checkpointed:
+            self.exit_code = exitcodes.CHECKPOINTED
+            log.emit("exit", "checkpointed", code=self.exit_code)
+            return
+        self.exit_code = code
+        completed = False
+        if self.ctx is not None and not self.keep_generations:
+            try:
+                self.ctx.store.mark_completed(diagnosis=self.settings.diagnosis)
+                completed = True
+            except StoreError as exc:
+                log.emit("completed", "failed", error=str(exc))
+        log.emit("exit", "application-exited", code=code, store_completed=completed)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _on_sigterm(self) -> None:
+        if self.root is None:
+            return
+        settings = self.live.current()
+        if self.ctx is None or not settings.mode:
+            log.emit(
+                "sigterm",
+                "forwarded",
+                checkpoint_mode=settings.mode,
+                why="checkpointing is off" if self.ctx else "no --store",
+            )
+            self._forward(signal.SIGTERM)
+            return
+        try:
+            outcome = checkpoint.dump(self.ctx, self.root, settings, final=True, reason="sigterm")
+        except AgentError as exc:
+            self.keep_generations = True
+            log.emit("dump", "failed", reason="sigterm", error=str(exc), then="SIGTERM forwarded")
+            self._forward(signal.SIGTERM)
+            return
+        self.checkpointed = True
+        log.emit("sigterm", "checkpointed", outcome.duration_s, generation=outcome.generation)
+        self._reap()
+        if self.exit_code is None:
+            # The root is dead (SIGKILL); wait for it without blocking on other children.
+            _, status = os.waitpid(self.root, 0)
+            self._root_exited(status)
+
+    def checkpoint_now(self, reason: str, settings: CheckpointSettings) -> dict[str, Any]:
+        if self.ctx is None or self.root is None:
+            return {"ok": False, "error": "the agent has no checkpoint store (--store)"}
+        try:
+            outcome = checkpoint.dump(self.ctx, self.root, settings, final=False, reason=reason)
+        except AgentError as exc:
+            log.emit("dump", "failed", reason=reason, error=str(exc))
+            return {"ok": False, "error": str(exc)}
+        return {
+            "ok": True,
+            "generation": outcome.generation,
+            "duration_s": round(outcome.duration_s, 4),
+            "bytes": outcome.bytes,
+            "criu": outcome.stats,
+        }
+
+    def _serve_control(self) -> None:
+        assert self._control is not None
+        try:
+            conn, _ = self._control.accept()
+        except OSError:
+            return
+        with conn:
+            conn.setblocking(True)
+            conn.settimeout(5)
+            try:
+                request = control.read_line(conn)
+            except OSError:
+                return
+            if control.decode_op(request) == "checkpoint":
+                answer = self.checkpoint_now("request", self.live.current())
+            else:
+                answer = {"ok": False, "error": "unknown request"}
+            with contextlib.suppress(OSError):
+                conn.sendall(control.encode(answer))
+        self._reap()
+
+    def _schedule_periodic(self) -> None:
+        interval = self.settings.interval
+        self._next_periodic = (
+            None if interval is None or self.ctx is None else (time.monotonic() + interval)
+        )
+
+    def _periodic(self) -> None:
+        settings = self.live.current()
+        self.settings = settings
+        if settings.mode and self.root is not None:
+            self.checkpoint_now("periodic", settings)
+        self._schedule_periodic()
+        self._reap()
+
+
+class RestoreFailed(AgentError):
+    """restore-policy strict: no generation could be restored (exit code 201)."""
