@@ -1,0 +1,85 @@
+"""`python -m podckpt.controller`: the controller."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from typing import Any
+
+import kopf
+
+from podckpt.kube import runner
+from podckpt.kube.api import ApiError
+from podckpt.operator_settings import OperatorSettings, load_settings
+
+from . import orphans
+from .handlers import ControllerState, register
+
+logger = logging.getLogger("podckpt.controller")
+
+
+async def sweep_orphans(state: ControllerState) -> None:
+    reported: set[str] = set()
+    while True:
+        if state.api is not None:
+            try:
+                claims = await orphans.list_claims(state.api, state.op)
+            except ApiError as exc:
+                logger.warning("orphan sweep: %s", exc)
+            else:
+                for claim in orphans.orphans(claims):
+                    meta = claim["metadata"]
+                    if meta["uid"] in reported:
+                        continue
+                    reported.add(meta["uid"])
+                    logger.warning(
+                        "orphaned checkpoint volume %s/%s: no workload owns it",
+                        meta["namespace"],
+                        meta["name"],
+                    )
+                    kopf.warn(
+                        claim,  # type: ignore[arg-type]
+                        reason="OrphanedCheckpointVolume",
+                        message="no workload owns this checkpoint volume; delete it when its"
+                        " checkpoints are no longer wanted",
+                    )
+        await asyncio.sleep(state.op.orphan_sweep_seconds)
+
+
+def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings, kopf.Memo]:
+    registry = kopf.OperatorRegistry()
+    settings = kopf.OperatorSettings()
+    runner.configure(settings, op)
+    state = ControllerState(op=op)
+    memo = kopf.Memo(podckpt=state)
+    register(registry, op)
+    kopf.on.login(registry=registry)(runner.login)
+
+    async def startup(**_: Any) -> None:
+        state.api = runner.connect()
+        state.sweeper = asyncio.create_task(sweep_orphans(state))
+
+    async def cleanup(**_: Any) -> None:
+        if state.sweeper is not None:
+            state.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await state.sweeper
+        if state.api is not None:
+            await state.api.close()
+
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)
+    return registry, settings, memo
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    registry, settings, memo = build(load_settings())
+    runner.run(registry, settings, memo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

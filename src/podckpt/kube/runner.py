@@ -1,0 +1,68 @@
+"""Running a kopf operator the podckpt way: our domain for kopf's own marks, no peering,
+credentials shared with our own API client, clean shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from podckpt.operator_settings import OperatorSettings
+
+from .api import KubeAPI
+
+logger = logging.getLogger(__name__)
+
+
+def configure(settings: kopf.OperatorSettings, op: OperatorSettings) -> None:
+    """kopf's annotations and finalizer under our domain (we use neither on user pods: only
+    event handlers and indices, which keep no state on objects), and no peering objects."""
+    settings.persistence.finalizer = op.annotation("kopf-finalizer")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=op.domain)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=op.domain, key="last-handled-configuration"
+    )
+    settings.peering.standalone = True
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 30
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else the kubeconfig (`KUBECONFIG`): used by kopf and by
+    our own client alike."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
+        **kwargs
+    ) or kopf.login_with_kubeconfig(**kwargs)
+    return info
+
+
+def connect() -> KubeAPI:
+    info = login(logger=logger)
+    if info is None:
+        raise kopf.PermanentError("no credentials: neither a service account nor a kubeconfig")
+    return KubeAPI(info)
+
+
+def run(
+    registry: kopf.OperatorRegistry,
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Run the operator until SIGTERM/SIGINT (or `stop_flag`)."""
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            settings=settings,
+            memo=memo,
+            clusterwide=True,
+            standalone=True,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    )

@@ -1,0 +1,77 @@
+"""`python -m podckpt.webhook`: the mutating admission webhook server."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from podckpt import certs
+from podckpt.kube import runner
+from podckpt.operator_settings import OperatorSettings, load_settings
+
+from .handlers import WebhookState, register
+from .imageconfig import ImageConfigResolver
+from .slots import SlotBook
+
+logger = logging.getLogger("podckpt.webhook")
+
+
+def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings, kopf.Memo]:
+    registry = kopf.OperatorRegistry()
+    settings = kopf.OperatorSettings()
+    runner.configure(settings, op)
+    state = WebhookState(
+        op=op,
+        resolver=ImageConfigResolver(
+            insecure_registries=op.insecure_registries,
+            tag_cache_seconds=op.tag_cache_seconds,
+            cache_size=op.image_config_cache_size,
+            timeout=op.registry_timeout_seconds,
+            platform=(op.platform_os, op.platform_architecture),
+        ),
+        slots=SlotBook(op.slot_reservation_seconds),
+    )
+    memo = kopf.Memo(podckpt=state)
+    register(registry, op)
+    kopf.on.login(registry=registry)(runner.login)
+
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        state.api = runner.connect()
+        certfile: str | None = op.webhook_certfile
+        keyfile: str | None = op.webhook_keyfile
+        if not (certfile and keyfile):
+            bundle = await certs.ensure_certificate(state.api, op)
+            await certs.inject_ca_bundle(state.api, op, bundle.ca)
+            directory = Path(tempfile.mkdtemp(prefix="podckpt-webhook-tls-"))
+            _ca_path, cert_path, key_path = bundle.write(directory)
+            certfile, keyfile = str(cert_path), str(key_path)
+        settings.admission.server = kopf.WebhookServer(
+            addr=op.webhook_address, port=op.webhook_port, certfile=certfile, pkeyfile=keyfile
+        )
+        settings.admission.managed = None
+        logger.info("webhook listening on %s:%d", op.webhook_address, op.webhook_port)
+
+    async def cleanup(**_: Any) -> None:
+        await state.resolver.close()
+        if state.api is not None:
+            await state.api.close()
+
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)
+    return registry, settings, memo
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    registry, settings, memo = build(load_settings())
+    runner.run(registry, settings, memo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

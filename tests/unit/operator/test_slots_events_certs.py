@@ -1,0 +1,123 @@
+"""Slot reservations, agent lines to Events, the webhook certificate."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from cryptography import x509
+
+from podckpt import certs
+from podckpt.controller import events
+from podckpt.controller.orphans import orphans
+from podckpt.webhook.slots import SlotBook
+
+
+def test_concurrent_admissions_get_distinct_slots() -> None:
+    book = SlotBook(ttl_seconds=60)
+    slots = [book.assign("ns", "deployment-web", []) for _ in range(3)]
+    assert slots == [0, 1, 2]
+
+
+def test_reservation_ends_when_the_pod_shows_up_live() -> None:
+    book = SlotBook(ttl_seconds=60)
+    assert book.assign("ns", "g", []) == 0
+    assert book.assign("ns", "g", [(0, False)]) == 1
+    assert set(book.reserved("ns", "g")) == {1}
+
+
+def test_expired_reservations_are_forgotten() -> None:
+    book = SlotBook(ttl_seconds=-1)
+    assert book.assign("ns", "g", []) == 0
+    assert book.assign("ns", "g", []) == 0
+
+
+def test_dry_run_reserves_nothing() -> None:
+    book = SlotBook(ttl_seconds=60)
+    assert book.assign("ns", "g", [], reserve=False) == 0
+    assert book.reserved("ns", "g") == {}
+
+
+def test_replacement_of_a_terminating_pod_waits_for_its_slot() -> None:
+    book = SlotBook(ttl_seconds=60)
+    assert book.assign("ns", "g", [(0, True), (1, False)]) == 0
+    # a second concurrent replacement does not take the same slot
+    assert book.assign("ns", "g", [(0, True), (1, False)]) == 2
+
+
+def _line(**fields: object) -> str:
+    return json.dumps({"agent": "podckpt", "ts": "t", **fields})
+
+
+def test_agent_lines_become_events() -> None:
+    text = "\n".join(
+        [
+            "application output",
+            _line(phase="restore", outcome="failed", generation="g2", error="bad size"),
+            _line(phase="restore", outcome="ok", generation="g1", duration_s=0.5),
+            _line(phase="commit", outcome="ok", generation="g3", bytes=2**21),
+            _line(phase="dump", outcome="failed", error="criu said no"),
+            _line(phase="cleanup", outcome="ok"),
+            "{not json",
+        ]
+    )
+    got = [(e.type, e.reason) for e in events.events_from("app", text)]
+    assert got == [
+        ("Warning", "RestoreFailed"),
+        ("Normal", "Restored"),
+        ("Normal", "CheckpointCommitted"),
+        ("Warning", "CheckpointFailed"),
+    ]
+    restored = events.events_from("app", text)[1]
+    assert restored.message == "container app: restored from generation g1 in 0.50 s"
+
+
+def test_fresh_start_after_failed_restore_is_a_warning() -> None:
+    text = _line(phase="restore", outcome="fallback-fresh", why="no generation could be restored")
+    (event,) = events.events_from("app", text)
+    assert (event.type, event.reason) == ("Warning", "StartedFresh")
+
+
+def test_termination_messages_of_checkpointed_containers_only() -> None:
+    status = {
+        "containerStatuses": [
+            {"name": "app", "state": {"terminated": {"message": "m1", "containerID": "c1"}}},
+            {"name": "proxy", "state": {"terminated": {"message": "m2", "containerID": "c2"}}},
+            {
+                "name": "app2",
+                "lastState": {"terminated": {"message": "m3", "containerID": "c3"}},
+                "state": {"running": {"startedAt": "t"}},
+                "containerID": "c4",
+            },
+        ]
+    }
+    assert list(events.terminated_messages(status, ["app", "app2"])) == [
+        ("app", "c1", "m1"),
+        ("app2", "c3", "m3"),
+    ]
+    assert list(events.started_containers(status, ["app2"])) == [("app2", "c4")]
+
+
+def test_orphans_are_claims_without_owner() -> None:
+    owned = {"metadata": {"name": "a", "ownerReferences": [{"uid": "x"}]}}
+    orphan = {"metadata": {"name": "b"}}
+    assert orphans([owned, orphan]) == [orphan]
+
+
+def test_generated_certificate_covers_the_service() -> None:
+    names = certs.service_names("podckpt-webhook", "podckpt-system")
+    bundle = certs.generate([*names, "127.0.0.1"])
+    assert certs.usable(bundle, names)
+    cert = x509.load_pem_x509_certificate(bundle.cert)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "podckpt-webhook.podckpt-system.svc" in sans.get_values_for_type(x509.DNSName)
+    ca = x509.load_pem_x509_certificate(bundle.ca)
+    cert.verify_directly_issued_by(ca)
+
+
+def test_certificate_for_other_names_or_expiring_is_not_usable() -> None:
+    bundle = certs.generate(["a.svc"])
+    assert not certs.usable(bundle, ["b.svc"])
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3640)
+    assert not certs.usable(bundle, ["a.svc"], now=later)
+    assert not certs.usable(certs.CertBundle(b"x", b"y", b"z"), ["a.svc"])
