@@ -290,6 +290,17 @@ def _assemble(unpacked: Path, out: Path, pkgs: list[tuple[str, str]]) -> None:
                 p.chmod(0o755 if os.access(p, os.X_OK) else 0o644)
 
 
+def _prune(cache: Path, keep: Path, count: int = 3) -> None:
+    """Keep the `count` newest bundles: every agent edit makes a new ~55 MB one."""
+    bundles = sorted(
+        (p for p in cache.glob("py*-criu*") if p.is_dir() and p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in bundles[count - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def build_bundle(out: Path | None = None, *, force: bool = False) -> Path:
     """Build (or reuse from the cache) the bundle; return its directory.
 
@@ -320,6 +331,7 @@ def build_bundle(out: Path | None = None, *, force: bool = False) -> Path:
                 staged.rename(final)
             (cache / "latest").unlink(missing_ok=True)
             (cache / "latest").symlink_to(final.name)
+            _prune(cache, keep=final)
     if out is not None:
         if out.exists():
             shutil.rmtree(out)
