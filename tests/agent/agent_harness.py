@@ -75,6 +75,7 @@ class AgentHarness:
         binds: Sequence[Bind] = (),
         env: dict[str, str] | None = None,
         capabilities: Sequence[str] | None = None,
+        seccomp: bool = False,
         store: str = "/store/app",
         container: str = "app",
     ) -> Sandbox:
@@ -98,6 +99,7 @@ class AgentHarness:
             ],
             env={"PYTHONPATH": "/opt/podckpt", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
             capabilities=capabilities,
+            seccomp=seccomp,
         )
 
     def set_labels(self, labels: dict[str, str]) -> None:

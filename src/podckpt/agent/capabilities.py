@@ -3,9 +3,11 @@
 The agent runs CRIU itself, inside the container, so the container needs what CRIU needs. The
 set below was measured in the test sandbox (docs/agent.md, "Capabilities"): CRIU's
 `--unprivileged` mode needs CAP_CHECKPOINT_RESTORE (restore PIDs with clone3 `set_tid`, read
-/proc/PID/map_files) and CAP_SETPCAP (restore the tasks' capability sets); CAP_SYS_PTRACE lets
-it seize tasks whose capabilities differ from its own (an application that raised or dropped
-capabilities). With CAP_SYS_ADMIN as well, the agent runs CRIU in its privileged mode.
+/proc/PID/map_files) and CAP_SETPCAP (restore the tasks' capability sets: without it the
+restored task dies in rt_sigreturn); that was enough for dump and restore of TCP listeners and
+connections with `--tcp-close`. CAP_SYS_PTRACE is only needed when the application holds
+capabilities the agent lacks (it never does when the agent starts it). With CAP_SYS_ADMIN and
+the others of PRIVILEGED_CRIU_CAPABILITIES, the agent runs CRIU in its privileged mode.
 The webhook adds exactly these to checkpointed containers; the bundle engineer may narrow them.
 """
 
@@ -39,7 +41,6 @@ CAP_NUMBERS: dict[str, int] = {
 REQUIRED_CAPABILITIES: tuple[str, ...] = (
     "CAP_CHECKPOINT_RESTORE",
     "CAP_SETPCAP",
-    "CAP_SYS_PTRACE",
 )
 
 #: With all of these CRIU runs in its privileged mode (no `--unprivileged`), which also

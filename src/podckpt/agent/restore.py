@@ -117,7 +117,6 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
                 )
                 store.mark(gen, FAILED)
                 continue
-            store.retire(gen, diagnosis=diagnosis)
             log.emit(
                 "restore",
                 "ok",
@@ -130,5 +129,8 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
                 pid_floor=manifest["_pid_floor"],
                 criu=manifest["_restore_stats"],
             )
+            # After the log line: removing a large generation takes a while, and the
+            # application already runs.
+            store.retire(gen, diagnosis=diagnosis)
             return Restored(gen.name, root, manifest, attempts)
     return None
