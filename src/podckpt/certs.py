@@ -171,7 +171,7 @@ def _from_secret(secret: dict[str, Any]) -> CertBundle | None:
 
 async def ensure_certificate(api: KubeAPI, op: OperatorSettings) -> CertBundle:
     """The serving certificate from the Secret, creating or renewing it when needed."""
-    names = service_names(op.webhook_service, op.operator_namespace)
+    names = [*service_names(op.webhook_service, op.operator_namespace), *op.webhook_extra_names]
     path = namespaced("secrets", op.operator_namespace, op.webhook_secret)
     for _attempt in range(3):
         try:

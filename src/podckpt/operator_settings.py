@@ -10,14 +10,14 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Capabilities the agent needs in a checkpointed container (CRIU `--unprivileged` plus TCP
-#: repair and ptrace of an application holding capabilities; see docs/bundle.md and
-#: shared CRIU notes). One place: the webhook adds exactly these, never `privileged: true`.
-DEFAULT_AGENT_CAPABILITIES: tuple[str, ...] = (
-    "CHECKPOINT_RESTORE",
-    "SETPCAP",
-    "NET_ADMIN",
-    "SYS_PTRACE",
+from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
+
+#: Capabilities the webhook adds to a checkpointed container, never `privileged: true`: the
+#: agent's own list (`podckpt.agent.capabilities.REQUIRED_CAPABILITIES`, measured by the
+#: agent and bundle work) plus NET_ADMIN, which CRIU needs to dump and restore TCP sockets
+#: (socket repair mode). Kubernetes spells them without the `CAP_` prefix.
+DEFAULT_AGENT_CAPABILITIES: tuple[str, ...] = tuple(
+    dict.fromkeys(c.removeprefix("CAP_") for c in (*REQUIRED_CAPABILITIES, "CAP_NET_ADMIN"))
 )
 
 GIB = 2**30
@@ -37,15 +37,20 @@ class OperatorSettings(BaseSettings):
     excluded_namespaces: tuple[str, ...] = ("kube-system", "kube-public", "kube-node-lease")
 
     # -- the bundle and the agent ------------------------------------------------------------
-    bundle_image: str = "ghcr.io/podckpt/bundle:0.1.0"
+    #: The init-container image built by `podckpt.bundle` (docs/bundle.md): the bundle at
+    #: /.podckpt in the image, copied into the emptyDir mounted at `bundle_install_target`.
+    bundle_image: str = "podckpt.local/podckpt-bundle:latest"
     bundle_image_pull_policy: str = "IfNotPresent"
-    #: The bundle image's entry that copies the bundle into the emptyDir.
     bundle_install_command: tuple[str, ...] = (
-        "/podckpt-bundle/bin/podckpt-agent",
+        "/.podckpt/bin/podckpt-agent",
         "install",
         "--to",
-        "/.podckpt",
+        "/podckpt",
     )
+    #: Where the init container mounts the emptyDir (not /.podckpt: that would hide the
+    #: image's own bundle).
+    bundle_install_target: str = "/podckpt"
+    #: Where checkpointed containers mount the filled emptyDir.
     bundle_mount_path: str = "/.podckpt"
     agent_path: str = "/.podckpt/bin/podckpt-agent"
     meta_mount_path: str = "/.podckpt-meta"
@@ -91,6 +96,9 @@ class OperatorSettings(BaseSettings):
     webhook_service: str = "podckpt-webhook"
     webhook_secret: str = "podckpt-webhook-tls"  # noqa: S105 - a Secret name
     webhook_configuration: str = "podckpt"
+    #: More names (DNS or IP) for the generated certificate, e.g. `127.0.0.1` when the API
+    #: server calls the webhook by URL (tests, out-of-cluster development).
+    webhook_extra_names: tuple[str, ...] = ()
     #: Slot reservations of this webhook replica outlive an admission by this long.
     slot_reservation_seconds: float = 60.0
 

@@ -60,6 +60,7 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
     async def startup(**_: Any) -> None:
         state.api = runner.connect()
         state.sweeper = asyncio.create_task(sweep_orphans(state))
+        logger.info("controller started")
 
     async def cleanup(**_: Any) -> None:
         if state.sweeper is not None:

@@ -25,6 +25,7 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
     registry = kopf.OperatorRegistry()
     settings = kopf.OperatorSettings()
     runner.configure(settings, op)
+    settings.posting.enabled = False  # the webhook reports through admission responses
     state = WebhookState(
         op=op,
         resolver=ImageConfigResolver(

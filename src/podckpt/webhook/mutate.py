@@ -304,7 +304,7 @@ def _bundle_init_container(op: OperatorSettings) -> dict[str, Any]:
         "image": op.bundle_image,
         "imagePullPolicy": op.bundle_image_pull_policy,
         "command": list(op.bundle_install_command),
-        "volumeMounts": [{"name": BUNDLE_VOLUME, "mountPath": op.bundle_mount_path}],
+        "volumeMounts": [{"name": BUNDLE_VOLUME, "mountPath": op.bundle_install_target}],
         "resources": {
             "requests": {"cpu": "10m", "memory": "32Mi"},
             "limits": {"memory": "128Mi"},

@@ -1,0 +1,208 @@
+"""Install and run the podckpt operator against the local cluster, the way a user would.
+
+The shipped manifests (`config/`) are applied as the cluster admin: namespace, service
+accounts, RBAC and the MutatingWebhookConfiguration (its `service:` clientConfig replaced by a
+URL on 127.0.0.1, because the webhook runs on this host). The webhook and the controller run as
+processes (`python -m podckpt.webhook` / `python -m podckpt.controller`) with a token of their
+own service account, so they have exactly the shipped RBAC and nothing more. The webhook's
+certificate comes from its own bootstrap (Secret + caBundle), as in a cluster.
+
+Used by tests/operator and bench/webhook_latency.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIG = REPO / "config"
+NAMESPACE = "podckpt-system"
+WEBHOOK_CONFIGURATION = "podckpt"
+
+
+class ClusterLike(Protocol):
+    """What the harness needs from `podckpt.devtools.cluster.Cluster`."""
+
+    logs_dir: Path
+
+    @property
+    def server(self) -> str: ...
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]: ...
+
+    def token_kubeconfig(self, namespace: str, serviceaccount: str) -> Path: ...
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def load_manifests(*relative: str) -> list[dict[str, Any]]:
+    """The YAML documents of files under config/."""
+    docs: list[dict[str, Any]] = []
+    for name in relative:
+        docs += [d for d in yaml.safe_load_all((CONFIG / name).read_text()) if d]
+    return docs
+
+
+def webhook_configuration(url: str) -> dict[str, Any]:
+    """The shipped MutatingWebhookConfiguration, calling `url` instead of the Service."""
+    (config,) = load_manifests("webhook/mutatingwebhookconfiguration.yaml")
+    for webhook in config["webhooks"]:
+        path = webhook["clientConfig"]["service"].get("path", "")
+        webhook["clientConfig"] = {"url": url.rstrip("/") + path}
+    return config
+
+
+def _wait(
+    what: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        if check():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what}: not ready after {timeout:.0f} s")
+
+
+class Operator:
+    """The installed operator; `start_*`/`stop_*` control its two processes."""
+
+    def __init__(self, cluster: ClusterLike, *, extra_env: dict[str, str] | None = None) -> None:
+        self.cluster = cluster
+        self.port = free_port()
+        self.extra_env = dict(extra_env or {})
+        self.webhook: subprocess.Popen[bytes] | None = None
+        self.controller: subprocess.Popen[bytes] | None = None
+        self.logs = cluster.logs_dir / "operator"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    # ---- install --------------------------------------------------------------------------
+
+    def install(self) -> None:
+        docs = load_manifests(
+            "namespace.yaml",
+            "rbac/service_accounts.yaml",
+            "rbac/webhook_role.yaml",
+            "rbac/controller_role.yaml",
+        )
+        docs.append(webhook_configuration(f"https://127.0.0.1:{self.port}"))
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+    def uninstall(self) -> None:
+        self.stop_webhook()
+        self.stop_controller()
+        self.cluster.kubectl(
+            "delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found"
+        )
+
+    # ---- processes ------------------------------------------------------------------------
+
+    def _env(self, serviceaccount: str) -> dict[str, str]:
+        kubeconfig = self.cluster.token_kubeconfig(NAMESPACE, serviceaccount)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PODCKPT_", "KUBECONFIG"))}
+        env.update(
+            {
+                "KUBECONFIG": str(kubeconfig),
+                "PODCKPT_OPERATOR_NAMESPACE": NAMESPACE,
+                "PODCKPT_WEBHOOK_ADDRESS": "127.0.0.1",
+                "PODCKPT_WEBHOOK_PORT": str(self.port),
+                "PODCKPT_WEBHOOK_EXTRA_NAMES": json.dumps(["127.0.0.1"]),
+                "PYTHONPATH": str(REPO / "src"),
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, module: str, serviceaccount: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{module.rsplit('.', 1)[-1]}.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=self._env(serviceaccount),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _ca_bundle_set(self) -> bool:
+        out = self.cluster.kubectl(
+            "get",
+            "mutatingwebhookconfiguration",
+            WEBHOOK_CONFIGURATION,
+            "-o",
+            "jsonpath={.webhooks[*].clientConfig.caBundle}",
+            check=False,
+        ).stdout.split()
+        return len(out) == 3
+
+    def _port_open(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+            return True
+        return False
+
+    def start_webhook(self, timeout: float = 60) -> None:
+        if self.webhook is not None and self.webhook.poll() is None:
+            return
+        self.webhook = self._spawn("podckpt.webhook", "podckpt-webhook")
+        _wait("webhook", lambda: self._ca_bundle_set() and self._port_open(), timeout, self.webhook)
+
+    def start_controller(self, timeout: float = 30) -> None:
+        if self.controller is not None and self.controller.poll() is None:
+            return
+        self.controller = self._spawn("podckpt.controller", "podckpt-controller")
+        log = self.logs / "controller.log"
+        start = log.stat().st_size if log.exists() else 0
+
+        def started() -> bool:
+            with log.open("rb") as f:
+                f.seek(start)
+                return b"controller started" in f.read()
+
+        _wait("controller", started, timeout, self.controller)
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def stop_webhook(self) -> None:
+        self._stop(self.webhook)
+
+    def stop_controller(self) -> None:
+        self._stop(self.controller)
+
+    def rss_bytes(self) -> dict[str, int]:
+        """Resident memory of the running operator processes."""
+        out: dict[str, int] = {}
+        for name, proc in (("webhook", self.webhook), ("controller", self.controller)):
+            if proc is None or proc.poll() is not None:
+                continue
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[name] = int(line.split()[1]) * 1024
+        return out
