@@ -20,31 +20,42 @@ application's children and threads would still get low PIDs (measured: docs/agen
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
-from pathlib import Path
-
-from .log import Timer
+import time
 
 PID_FLOOR = 300
-NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _NO_SUCH_PROGRAM = "/nonexistent/podckpt-pid-burner"
 _MAX_BURN = 100_000
 
 
-@dataclasses.dataclass(frozen=True)
 class FloorResult:
-    method: str  # "already", "ns_last_pid", "burn"
-    last_pid: int
-    burned: int
-    duration_s: float
+    """What raise_floor did. A plain class: this module is imported before anything else, so
+    it avoids dataclasses (and the inspect module it pulls in)."""
+
+    __slots__ = ("burned", "duration_s", "last_pid", "method")
+
+    def __init__(self, method: str, last_pid: int, burned: int, duration_s: float) -> None:
+        self.method = method  # "already", "ns_last_pid", "burn"
+        self.last_pid = last_pid
+        self.burned = burned
+        self.duration_s = duration_s
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "method": self.method,
+            "last_pid": self.last_pid,
+            "burned": self.burned,
+            "s": round(self.duration_s, 4),
+        }
 
 
 def last_pid() -> int:
     """The last PID handed out in this PID namespace."""
     try:
-        return int(NS_LAST_PID.read_text())
+        with open(NS_LAST_PID) as handle:
+            return int(handle.read())
     except (OSError, ValueError):
         # No readable ns_last_pid: a thread's TID is the next PID the namespace hands out.
         thread = threading.Thread(target=lambda: None)
@@ -63,13 +74,14 @@ def _burn_one() -> None:
 
 def raise_floor(floor: int = PID_FLOOR) -> FloorResult:
     """Make sure the next PID this namespace hands out is >= floor."""
-    timer = Timer()
+    start = time.monotonic()
     current = last_pid()
     if current >= floor - 1:
-        return FloorResult("already", current, 0, timer.elapsed())
+        return FloorResult("already", current, 0, time.monotonic() - start)
     try:
-        NS_LAST_PID.write_text(str(floor - 1))
-        return FloorResult("ns_last_pid", last_pid(), 0, timer.elapsed())
+        with open(NS_LAST_PID, "w") as handle:
+            handle.write(str(floor - 1))
+        return FloorResult("ns_last_pid", last_pid(), 0, time.monotonic() - start)
     except OSError:
         pass  # read-only /proc/sys, as in every runc container
     burned = 0
@@ -78,4 +90,25 @@ def raise_floor(floor: int = PID_FLOOR) -> FloorResult:
             _burn_one()
             burned += 1
         current = last_pid()
-    return FloorResult("burn", current, burned, timer.elapsed())
+    return FloorResult("burn", current, burned, time.monotonic() - start)
+
+
+class BackgroundFloor:
+    """raise_floor() in a thread, overlapped with the agent's own start-up (imports, settings,
+    CRIU's version check), which otherwise comes on top of it. Only for a fresh start: before
+    a restore the counter must stay low, or CRIU itself would take the application's PIDs."""
+
+    def __init__(self, floor: int = PID_FLOOR) -> None:
+        self._result: FloorResult | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(floor,), name="pid-floor", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, floor: int) -> None:
+        self._result = raise_floor(floor)
+
+    def result(self) -> FloorResult:
+        self._thread.join()
+        # The thread can only miss the floor if it died; finish the job here then.
+        return self._result if self._result is not None else raise_floor()

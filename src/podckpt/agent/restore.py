@@ -86,7 +86,7 @@ def try_restore(ctx: Context, gen: Generation) -> tuple[int, dict[str, Any]]:
     floor = pids.raise_floor()
     proctree.continue_tree(root)
     manifest = {**manifest, "_restore_stats": result.stats, "_restore_s": result.duration_s}
-    manifest["_pid_floor"] = dataclasses.asdict(floor)
+    manifest["_pid_floor"] = floor.as_dict()
     return root, manifest
 
 

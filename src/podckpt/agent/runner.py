@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-_STARTED = time.monotonic()
+from podckpt.api import RestorePolicy
 
-from . import AGENT_VERSION, capabilities, control, criu, exitcodes, log  # noqa: E402
-from .context import Context  # noqa: E402
-from .errors import AgentError, CriuMissingError, CriuTooOldError, EnvironmentProblem  # noqa: E402
-from .settings import LiveSettings  # noqa: E402
-from .store import Store  # noqa: E402
-from .supervisor import RestoreFailed, Supervisor, become_subreaper  # noqa: E402
+from . import AGENT_VERSION, capabilities, control, criu, exitcodes, log, pids
+from .context import Context
+from .errors import AgentError, CriuMissingError, CriuTooOldError, EnvironmentProblem
+from .settings import LiveSettings
+from .store import Store
+from .supervisor import RestoreFailed, Supervisor, become_subreaper
 
 DESCRIPTION = """\
 Transparent CRIU checkpoint/restore for a container: the agent runs as PID 1, restores the
@@ -91,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
+def main(argv: Sequence[str], started: float, early_floor: pids.BackgroundFloor | None) -> NoReturn:
     args = build_parser().parse_args(argv)
     if args.command == "checkpoint":
         raise SystemExit(checkpoint_command(args.container, args.timeout))
-    raise SystemExit(run_command(args))
+    raise SystemExit(run_command(args, started, early_floor))
 
 
 def checkpoint_command(container: str | None, timeout: float) -> int:
@@ -111,7 +111,9 @@ def checkpoint_command(container: str | None, timeout: float) -> int:
     return 1
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(
+    args: argparse.Namespace, started: float, early_floor: pids.BackgroundFloor | None
+) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -133,12 +135,18 @@ def run_command(args: argparse.Namespace) -> int:
             store.open()
         except AgentError as exc:
             fail(str(exc))
+        if early_floor is None and (
+            not store.candidates() or settings.restore_policy is RestorePolicy.FRESH
+        ):
+            early_floor = pids.BackgroundFloor()
         ctx = _prepare_criu(store, settings.mode)
     else:
         container = args.container or "app"
+        early_floor = early_floor or pids.BackgroundFloor()
         log.emit("start", "no-store", why="no --store: the agent supervises but never checkpoints")
 
-    supervisor = Supervisor(argv, live, settings, ctx, container, _STARTED)
+    supervisor = Supervisor(argv, live, settings, ctx, container, started)
+    supervisor.early_floor = early_floor
     become_subreaper()
     supervisor.install_signals()
     try:

@@ -17,6 +17,7 @@ import socket
 import stat
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from podckpt.api import CheckpointSettings, RestorePolicy
@@ -72,6 +73,16 @@ def stdio_actions() -> list[tuple[Any, ...]]:
     return actions
 
 
+def process_age() -> float | None:
+    """Seconds since this process was created (exec included), at clock-tick resolution."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+
+
 class Supervisor:
     def __init__(  # noqa: PLR0917 - one call site, every argument named there
         self,
@@ -96,6 +107,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self._control: socket.socket | None = None
         self._next_periodic: float | None = None
+        #: Started by the CLI when a fresh start is certain (no checkpoint to restore).
+        self.early_floor: pids.BackgroundFloor | None = None
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -147,7 +160,7 @@ class Supervisor:
 
     def start_fresh(self) -> None:
         timer = Timer()
-        floor = pids.raise_floor()
+        floor = self.early_floor.result() if self.early_floor else pids.raise_floor()
         try:
             self.root = os.posix_spawnp(
                 self.argv[0],
@@ -167,11 +180,8 @@ class Supervisor:
             pid=self.root,
             argv=self.argv,
             since_agent_start_s=round(time.monotonic() - self.started_at, 4),
-            pid_floor={
-                "method": floor.method,
-                "burned": floor.burned,
-                "s": round(floor.duration_s, 4),
-            },
+            since_process_start_s=process_age(),
+            pid_floor=floor.as_dict(),
         )
 
     # -- the loop --------------------------------------------------------------------------

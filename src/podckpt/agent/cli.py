@@ -1,0 +1,60 @@
+"""`podckpt-agent` / `python3 -m podckpt.agent`: the entry point, kept light on purpose.
+
+A fresh start must first move the PID counter above the application's range (pids.py), which
+takes tens of milliseconds; so does importing the rest of the agent. When the store obviously
+holds nothing to restore, the PID counter is moved in a thread while the agent imports itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import pids
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    started = time.monotonic()
+    args = list(sys.argv[1:] if argv is None else argv)
+    early = pids.BackgroundFloor() if surely_fresh(args) else None
+    from .runner import main as run_main  # noqa: PLC0415 - imported while the floor rises
+
+    run_main(args, started, early)
+
+
+def surely_fresh(args: Sequence[str]) -> bool:
+    """True when `run`'s store cannot hold a checkpoint to restore: no store, no LATEST, or
+    COMPLETED. A store whose lock is held (a dump in progress elsewhere) is not sure."""
+    if not args or args[0] != "run" or "--" not in args:
+        return False
+    options = list(args[1 : args.index("--")])
+    store = os.environ.get("PODCKPT_STORE")
+    for index, option in enumerate(options):
+        if option == "--store" and index + 1 < len(options):
+            store = options[index + 1]
+        elif option.startswith("--store="):
+            store = option.partition("=")[2]
+    if not store:
+        return True
+    if not os.path.exists(os.path.join(store, "LATEST")):
+        return not _locked(os.path.join(store, ".lock"))
+    return os.path.exists(os.path.join(store, "COMPLETED"))
+
+
+def _locked(path: str) -> bool:
+    import fcntl  # noqa: PLC0415
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
