@@ -174,3 +174,25 @@ def test_tcp_connections_need_net_admin(
     else:
         assert not dump.ok
         assert "Locking connection failed using nftables" in str(dump.detail.get("log"))
+
+
+def test_a_process_started_from_the_bundles_python_restores(
+    bundle: Path, sandbox_factory: SandboxFactory
+) -> None:
+    """CRIU runs through a loader file of its own (criu/ld-linux-x86-64.so.2): were it the
+    loader the bundle's Python maps, the kernel would refuse the restore (PR_SET_MM_MAP)."""
+    code = (
+        "import os, time\nn = 0\nwhile True:\n"
+        f"    n += 1\n    open('{WORK}/count.tmp', 'w').write(str(n))\n"
+        f"    os.rename('{WORK}/count.tmp', '{WORK}/count')\n    time.sleep(0.05)\n"
+    )
+    dump, restore = probe_cycle(
+        bundle,
+        busybox_root(),
+        capabilities=MINIMAL_CAPABILITIES,
+        app=[f"{MOUNT_PATH}/bin/python3", "-c", code],
+        start=sandbox_factory,
+    )
+    assert dump.ok, dump.detail
+    assert restore is not None
+    assert restore.ok, restore.detail

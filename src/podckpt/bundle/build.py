@@ -271,6 +271,7 @@ def _assemble(unpacked: Path, out: Path, pkgs: list[tuple[str, str]]) -> None:
     _compile_launcher(out / "bin/podckpt-agent")
     shutil.copy2(out / "bin/podckpt-agent", out / "bin/python3")
     shutil.copy2(out / "bin/podckpt-agent", out / "criu/criu")
+    shutil.copy2(out / "lib" / _LOADER, out / "criu" / _LOADER)  # see CRIU_LOADER in launcher.c
 
     _compile(out, stdlib)
 
@@ -315,8 +316,15 @@ def build_bundle(out: Path | None = None, *, force: bool = False) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache / ".lock"):
         apt = _Apt(cache / "apt")
-        apt.update()
-        pkgs = apt.resolve(_ROOT_PACKAGES)
+        try:
+            apt.update()
+            pkgs = apt.resolve(_ROOT_PACKAGES)
+        except BundleBuildError:
+            # Mirror unreachable: a bundle already built from these very sources will do.
+            cached = _cached_for_sources(cache)
+            if cached is None or force:
+                raise
+            return _deliver(cached, out)
         criu = dict(pkgs).get("criu", "0")
         if _version_tuple(criu) < BUNDLE_CRIU:
             raise BundleBuildError(f"{SUITE} has criu {criu}; the bundle needs >= 4.2")
@@ -337,12 +345,27 @@ def build_bundle(out: Path | None = None, *, force: bool = False) -> Path:
             (cache / "latest").unlink(missing_ok=True)
             (cache / "latest").symlink_to(final.name)
             _prune(cache, keep=final)
-    if out is not None:
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(final, out, symlinks=True)
-        return out
-    return final
+    return _deliver(final, out)
+
+
+def _deliver(bundle: Path, out: Path | None) -> Path:
+    if out is None:
+        return bundle
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(bundle, out, symlinks=True)
+    return out
+
+
+def _cached_for_sources(cache: Path) -> Path | None:
+    """The newest cached bundle built by this recipe from the current sources, if any."""
+    digest = _sources_digest()
+    found = []
+    for manifest in cache.glob("py*-criu*/bundle.json"):
+        meta = json.loads(manifest.read_text())
+        if meta.get("sources_sha256") == digest and meta.get("recipe") == _RECIPE:
+            found.append(manifest.parent)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def tree_size(path: Path) -> int:

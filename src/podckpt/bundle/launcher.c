@@ -35,6 +35,11 @@
 #define PYTHON_BIN "libexec/python3"
 #define CRIU_BIN "libexec/criu"
 #define LOADER "lib/ld-linux-x86-64.so.2"
+/* CRIU gets a loader file of its own: started through it, that file is CRIU's /proc/self/exe,
+ * and the kernel refuses to restore (PR_SET_MM_MAP: EBUSY) any process that maps the restoring
+ * CRIU's exe file. With a separate copy, processes started from the bundle's Python (which
+ * map lib/ld-linux-x86-64.so.2) can be checkpointed and restored too. */
+#define CRIU_LOADER "criu/ld-linux-x86-64.so.2"
 
 static void die(const char *what, const char *path)
 {
@@ -180,7 +185,7 @@ int main(int argc, char **argv)
 	if (is_agent && argc > 1 && !strcmp(argv[1], "install"))
 		return install(bundle, argc, argv);
 
-	char *loader = join(bundle, LOADER);
+	char *loader = join(bundle, is_criu ? CRIU_LOADER : LOADER);
 	char *libdir = join(bundle, "lib");
 	char **nargv = calloc((size_t)argc + 12, sizeof(char *));
 	if (!nargv)
