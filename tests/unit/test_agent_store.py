@@ -169,3 +169,14 @@ def test_lock_is_exclusive(tmp_path: Path) -> None:
     store = _store(tmp_path)
     with store.lock(), pytest.raises(Exception, match="locked"), store.lock(timeout=0.1):
         pass
+
+
+def test_unrestored_counts_failed_but_not_history(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    older = _commit(store)
+    store.retire(older, diagnosis=True)
+    assert store.unrestored() == []
+    newer = _commit(store)
+    store.mark(newer, FAILED)
+    assert store.candidates() == []
+    assert [g.name for g in store.unrestored()] == [newer.name]

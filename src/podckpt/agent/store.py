@@ -233,6 +233,18 @@ class Store:
                 result.append(gen)
         return result
 
+    def unrestored(self) -> list[Generation]:
+        """Committed generations that are not history: candidates plus FAILED ones (what
+        `restore-policy: strict` refuses to give up on)."""
+        if self.completed():
+            return []
+        result = []
+        for gen in reversed(self.committed()):
+            if (gen.path / RESTORED).exists():
+                break
+            result.append(gen)
+        return result
+
     def read_manifest(self, gen: Generation) -> dict[str, Any]:
         try:
             manifest = json.loads((gen.path / MANIFEST).read_text())

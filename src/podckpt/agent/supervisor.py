@@ -146,7 +146,7 @@ class Supervisor:
                         restored.manifest.get("lineage_start", ctx.lineage_start)
                     )
                     return
-                had_attempts = bool(ctx.store.committed())
+                had_attempts = bool(ctx.store.unrestored())
                 if policy is RestorePolicy.STRICT and had_attempts:
                     raise RestoreFailed("restore-policy is strict and no generation restored")
                 if had_attempts:
