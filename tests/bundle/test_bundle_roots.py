@@ -4,8 +4,8 @@ Roots (issue 4): (a) busybox only, (b) one static binary (no libc, no shell), (c
 minbase, (d) musl only. Nothing in them but the application; the bundle is bind-mounted
 read-only at /.podckpt as the emptyDir is in a pod, and each sandbox runs with a reduced
 capability set, never fully privileged:
-- CRIU driven directly (probe.py) with the measured minimal set MINIMAL_CAPABILITIES;
-- the agent with the set it declares (podckpt.agent.capabilities.REQUIRED_CAPABILITIES).
+exactly the measured minimal set MINIMAL_CAPABILITIES, both for CRIU driven directly
+(probe.py) and for the agent, which must declare that same set.
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ def _count(path: Path) -> int:
 
 
 def _agent_caps() -> list[str]:
-    return list(REQUIRED_CAPABILITIES)
+    return list(MINIMAL_CAPABILITIES)
+
+
+def test_agent_declares_the_measured_set() -> None:
+    """What the agent checks at start (and the webhook adds) is what was measured here."""
+    assert sorted(REQUIRED_CAPABILITIES) == sorted(MINIMAL_CAPABILITIES)
 
 
 def test_criu_cycle_with_minimal_capabilities(
@@ -154,10 +159,11 @@ def test_less_than_the_minimal_set_fails(
 
 
 @pytest.mark.parametrize("net_admin", [False, True])
-def test_tcp_connections_need_net_admin(
+def test_tcp_established_needs_net_admin(
     bundle: Path, sandbox_factory: SandboxFactory, net_admin: bool
 ) -> None:
-    """An established TCP connection is dumped and restored in repair mode: NET_ADMIN."""
+    """Keeping a connection open across restore (--tcp-established) locks it with nftables and
+    dumps it in repair mode: that needs NET_ADMIN (over the pod's own network namespace)."""
     caps = MINIMAL_CAPABILITIES + (["CAP_NET_ADMIN"] if net_admin else [])
     dump, restore = probe_cycle(
         bundle,
@@ -174,6 +180,27 @@ def test_tcp_connections_need_net_admin(
     else:
         assert not dump.ok
         assert "Locking connection failed using nftables" in str(dump.detail.get("log"))
+
+
+@pytest.mark.parametrize("peer", [False, True], ids=["both-ends-in-tree", "peer-outside"])
+def test_tcp_close_needs_no_extra_capability(
+    bundle: Path, sandbox_factory: SandboxFactory, peer: bool
+) -> None:
+    """--tcp-close (what the agent uses: the pod IP changes) works with the minimal set; the
+    connection comes back closed and the application goes on."""
+    app = [COUNTER, f"{WORK}/count", *(["tcp-peer", "{peer}"] if peer else ["tcp"])]
+    dump, restore = probe_cycle(
+        bundle,
+        busybox_root(),
+        capabilities=MINIMAL_CAPABILITIES,
+        criu_args=["--unprivileged", "--tcp-close"],
+        app=app,
+        peer=peer,
+        start=sandbox_factory,
+    )
+    assert dump.ok, dump.detail
+    assert restore is not None
+    assert restore.ok, restore.detail
 
 
 def test_a_process_started_from_the_bundles_python_restores(

@@ -8,15 +8,19 @@
  * a count that continues after restore proves the memory came back.
  *
  * With "tcp" it also holds a loopback TCP listener and one established connection through
- * which it sends a byte per tick, to measure what CRIU needs for sockets.
+ * which it sends a byte per tick, to measure what CRIU needs for sockets. With "tcp-peer PORT"
+ * it instead connects to a peer outside its own tree (127.0.0.1:PORT, which echoes). A
+ * connection that breaks (as --tcp-close makes it on restore) is reported once and dropped;
+ * counting goes on.
  *
  * For start-time benchmarks: with $COUNTER_STARTED set it first writes its CLOCK_MONOTONIC
  * start time (ns) there, and `counter --stamp-exec FILE PROG ARGS...` writes the time to FILE
  * and execs PROG (it stands in front of the agent to timestamp the container's start).
  *
- * usage: counter COUNT_FILE [tcp] | counter --stamp-exec FILE PROG ARGS...
+ * usage: counter COUNT_FILE [tcp | tcp-peer PORT] | counter --stamp-exec FILE PROG ARGS...
  */
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,12 +68,24 @@ int main(int argc, char **argv)
 	}
 	if (getenv("COUNTER_STARTED"))
 		stamp(getenv("COUNTER_STARTED"));
-	if (argc < 2 || argc > 3) {
-		fprintf(stderr, "usage: counter COUNT_FILE [tcp]\n");
+	if (argc < 2 || argc > 4) {
+		fprintf(stderr, "usage: counter COUNT_FILE [tcp | tcp-peer PORT]\n");
 		return 2;
 	}
-	int tcp = argc == 3 && !strcmp(argv[2], "tcp"), fds[2] = {-1, -1};
-	if (tcp && tcp_pair(fds)) {
+	int tcp = argc >= 3 && !strncmp(argv[2], "tcp", 3), fds[2] = {-1, -1};
+	signal(SIGPIPE, SIG_IGN); /* a closed connection is an error code, not death */
+	if (tcp && argc == 4) {
+		struct sockaddr_in a;
+		memset(&a, 0, sizeof a);
+		a.sin_family = AF_INET;
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a.sin_port = htons((unsigned short)atoi(argv[3]));
+		fds[0] = fds[1] = socket(AF_INET, SOCK_STREAM, 0);
+		if (fds[0] < 0 || connect(fds[0], (struct sockaddr *)&a, sizeof a)) {
+			perror("counter: connect to peer");
+			return 1;
+		}
+	} else if (tcp && tcp_pair(fds)) {
 		perror("counter: loopback TCP");
 		return 1;
 	}
@@ -85,8 +101,8 @@ int main(int argc, char **argv)
 		}
 		char c = 'x';
 		if (tcp && (write(fds[0], &c, 1) != 1 || read(fds[1], &c, 1) != 1)) {
-			perror("counter: TCP connection lost");
-			return 1;
+			perror("counter: TCP connection lost, counting on");
+			tcp = 0;
 		}
 		nanosleep(&tick, NULL);
 	}

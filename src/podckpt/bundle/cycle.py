@@ -74,6 +74,7 @@ def probe_cycle(
     start: StartSandbox = start_sandbox,
     work: Path | None = None,
     app: Sequence[str] | None = None,
+    peer: bool = False,
 ) -> tuple[StepResult, StepResult | None]:
     """Dump the counter in one sandbox, restore it in a fresh one; (dump, restore or None)."""
     caps = list(capabilities) if capabilities is not None else None
@@ -84,7 +85,8 @@ def probe_cycle(
         common = ["--images", f"{WORK}/img", "--count", f"{WORK}/count"]
         common += [f"--criu-arg={a}" for a in criu_args]
         argv = list(app) if app is not None else [COUNTER, f"{WORK}/count"]
-        d = run_step(bundle, root, [py, "/probe.py", "dump", *common, "--", *argv], w,
+        peer_arg = ["--peer"] if peer else []
+        d = run_step(bundle, root, [py, "/probe.py", "dump", *common, *peer_arg, "--", *argv], w,
                      capabilities=caps, seccomp=seccomp, start=start)  # fmt: skip
         if not d.ok:
             return d, None

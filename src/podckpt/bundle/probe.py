@@ -8,8 +8,12 @@ collide with it), as a session leader, and restore it detached as a sibling so i
 child again.
 
 usage (inside the sandbox; standard library only):
-  probe.py dump    --images DIR --count FILE [--criu-arg ARG]... -- APP ARGV...
+  probe.py dump    --images DIR --count FILE [--criu-arg ARG]... [--peer] -- APP ARGV...
   probe.py restore --images DIR --count FILE [--criu-arg ARG]...
+
+--peer: the probe listens on a loopback port and echoes what a client sends; "{peer}" in the
+application's argv becomes that port. The connection's far end is then outside the dumped tree,
+as a pod's clients are.
 
 It prints one JSON line: {"ok": bool, "step": ..., "count": N, "log": "<tail of criu's log>"}
 and exits 0 only on success.
@@ -20,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,12 +77,29 @@ def _criu(args: list[str], images: Path, log: str, extra: list[str]) -> subproce
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
 
 
+def _echo_peer() -> int:
+    """Listen on a loopback port; echo every connection's bytes back. Returns the port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        while data := conn.recv(4096):
+            conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
 def dump(ns: argparse.Namespace) -> dict[str, object]:
     images, count = Path(ns.images), Path(ns.count)
     images.mkdir(parents=True, exist_ok=True)
     _advance_pids(_HIGH_PID)
+    argv = list(ns.app)
+    if ns.peer:
+        port = str(_echo_peer())
+        argv = [a.replace("{peer}", port) for a in argv]
     app = subprocess.Popen(
-        ns.app,
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -119,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", required=True)
     p.add_argument("--count", required=True)
     p.add_argument("--criu-arg", action="append", default=[])
+    p.add_argument("--peer", action="store_true", help="serve a TCP peer for the application")
     p.add_argument("app", nargs="*")
     ns = p.parse_args(argv)
     try:
