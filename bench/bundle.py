@@ -138,6 +138,40 @@ def start_times(bundle: Path, runs: int) -> dict[str, list[float]]:
     }
 
 
+_FLOOR_CODE = """
+import os, subprocess, sys, time
+t = time.monotonic()
+if sys.argv[1] == "helper":
+    subprocess.run(["/.podckpt/bin/podckpt-pidfloor", "300"], check=True, capture_output=True)
+else:  # what the agent does in Python: failed posix_spawns, one PID each
+    for _ in range(297):
+        try:
+            os.posix_spawn("/nonexistent/x", ["/x"], {})
+        except OSError:
+            pass
+print(time.monotonic() - t)
+"""
+
+
+def pid_floor_times(bundle: Path, runs: int) -> dict[str, list[float]]:
+    """Moving a fresh PID namespace's counter to 300: Python posix_spawn vs the C helper."""
+    out: dict[str, list[float]] = {"python": [], "helper": []}
+    for _ in range(runs):
+        for how, times in out.items():
+            box = start_sandbox(
+                busybox_root(),
+                [f"{MOUNT_PATH}/bin/python3", "-c", _FLOOR_CODE, how],
+                binds=[Bind(bundle, MOUNT_PATH, readonly=True)],
+                capabilities=list(REQUIRED_CAPABILITIES),
+            )
+            try:
+                box.wait(60)
+                times.append(float(box.stdout_text().strip()))
+            finally:
+                box.destroy()
+    return out
+
+
 def python_start(bundle: Path, runs: int) -> dict[str, list[float]]:
     def once(argv: list[str]) -> float:
         t = time.monotonic()
@@ -183,6 +217,7 @@ def main() -> None:
     copies = copy_times(bundle, args.runs)
     starts = start_times(bundle, args.runs)
     pystart = python_start(bundle, args.runs)
+    floors = pid_floor_times(bundle, args.runs)
     load_after = os.getloadavg()[0]
 
     lines = [
@@ -212,6 +247,10 @@ def main() -> None:
         f"| of which: bundled `python3 -c pass` | {fmt(pystart['python -c pass'])} ms | |",
         f"| of which: `podckpt-agent --version` (launcher + Python + agent imports) |"
         f" {fmt(pystart['podckpt-agent --version'])} ms | |",
+        f"| PID floor 300 in a fresh namespace: Python posix_spawn x297 (the agent's way) |"
+        f" {fmt(floors['python'])} ms | |",
+        f"| PID floor 300: `bin/podckpt-pidfloor 300` (vfork in C, incl. its spawn) |"
+        f" {fmt(floors['helper'])} ms | |",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

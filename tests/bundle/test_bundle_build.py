@@ -15,7 +15,7 @@ from podckpt.bundle.build import tree_size
 
 pytestmark = pytest.mark.bundle
 
-LAUNCHERS = ("bin/podckpt-agent", "bin/python3", "criu/criu")
+LAUNCHERS = ("bin/podckpt-agent", "bin/python3", "bin/podckpt-pidfloor", "criu/criu")
 SIZE_BUDGET = 80_000_000
 
 

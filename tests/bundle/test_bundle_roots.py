@@ -223,3 +223,24 @@ def test_a_process_started_from_the_bundles_python_restores(
     assert dump.ok, dump.detail
     assert restore is not None
     assert restore.ok, restore.detail
+
+
+def test_pidfloor_moves_the_pid_counter(bundle: Path, sandbox_factory: SandboxFactory) -> None:
+    """bin/podckpt-pidfloor: the fresh-start PID floor without Python (see launcher.c)."""
+    code = (
+        "import subprocess\n"
+        f"out = subprocess.run(['{MOUNT_PATH}/bin/podckpt-pidfloor', '300'],"
+        " capture_output=True, text=True, check=True).stdout\n"
+        "after = subprocess.Popen(['/bin/true'])\nafter.wait()\n"
+        "print(out.strip(), after.pid)\n"
+    )
+    box = sandbox_factory(
+        busybox_root(),
+        [f"{MOUNT_PATH}/bin/python3", "-c", code],
+        binds=[Bind(bundle, MOUNT_PATH, readonly=True)],
+        capabilities=MINIMAL_CAPABILITIES,
+    )
+    assert box.wait(30) == 0, box.stderr_text()
+    last, after = (int(x) for x in box.stdout_text().split())
+    assert last >= 299
+    assert after >= 300

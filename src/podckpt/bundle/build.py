@@ -271,6 +271,7 @@ def _assemble(unpacked: Path, out: Path, pkgs: list[tuple[str, str]]) -> None:
     _compile_launcher(out / "bin/podckpt-agent")
     shutil.copy2(out / "bin/podckpt-agent", out / "bin/python3")
     shutil.copy2(out / "bin/podckpt-agent", out / "criu/criu")
+    shutil.copy2(out / "bin/podckpt-agent", out / "bin/podckpt-pidfloor")
     shutil.copy2(out / "lib" / _LOADER, out / "criu" / _LOADER)  # see CRIU_LOADER in launcher.c
 
     _compile(out, stdlib)

@@ -20,6 +20,11 @@
  *                                (the init container's job; no Python needed for it)
  *   <bundle>/bin/python3         python -I -S ARGS (what sys.executable points at)
  *   <bundle>/criu/criu           criu ARGS
+ *   <bundle>/bin/podckpt-pidfloor FLOOR
+ *                                move this PID namespace's counter to >= FLOOR by burning PIDs
+ *                                with vfork (no Python involved: ~0.1 ms per PID instead of
+ *                                ~0.4 ms for posix_spawn from the agent); prints the last PID.
+ *                                Only for a fresh start: before a restore CRIU needs it low.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -30,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define PYTHON_BIN "libexec/python3"
@@ -156,6 +162,30 @@ static int install(const char *bundle, int argc, char **argv)
 	return 0;
 }
 
+/* ---- pidfloor: burn PIDs until the namespace hands out PIDs >= floor ---- */
+
+static int pidfloor(int argc, char **argv)
+{
+	long floor = argc == 2 ? strtol(argv[1], NULL, 10) : 0;
+	if (floor < 2 || floor > 4194304) {
+		fprintf(stderr, "usage: podckpt-pidfloor FLOOR (2..4194304)\n");
+		return 2;
+	}
+	pid_t last = 0;
+	for (long burned = 0; last < floor - 1 && burned < 4194304; burned++) {
+		last = vfork();
+		if (last == 0)
+			_exit(0);
+		if (last < 0) {
+			perror("podckpt-pidfloor: vfork");
+			return 1;
+		}
+		waitpid(last, NULL, 0);
+	}
+	printf("%d\n", (int)last);
+	return 0;
+}
+
 /* ---- exec the bundled loader ---- */
 
 int main(int argc, char **argv)
@@ -179,6 +209,8 @@ int main(int argc, char **argv)
 	if (!*bundle)
 		strcpy(bundle, "/");
 
+	if (!strcmp(role, "podckpt-pidfloor"))
+		return pidfloor(argc, argv);
 	int is_criu = !strcmp(roledir, "criu") && !strcmp(role, "criu");
 	int is_agent = !is_criu && !strcmp(role, "podckpt-agent");
 
