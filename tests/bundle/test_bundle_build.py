@@ -153,3 +153,21 @@ def test_install_without_target_is_a_usage_error(bundle: Path) -> None:
     out = _run([str(bundle / "bin/podckpt-agent"), "install"])
     assert out.returncode == 2
     assert "--to" in out.stderr
+
+
+def test_install_again_over_a_bundle_in_use(bundle: Path, tmp_path: Path) -> None:
+    """The init container may run again into the same emptyDir (pod sandbox recreated)."""
+    target = tmp_path / "emptydir"
+    agent = str(bundle / "bin/podckpt-agent")
+    assert _run([agent, "install", "--to", str(target)]).returncode == 0
+    # A running program from the first copy: its executable must not be truncated.
+    busy = subprocess.Popen([str(target / "bin/python3"), "-c", "import time; time.sleep(30)"])
+    try:
+        again = _run([agent, "install", "--to", str(target)])
+        assert again.returncode == 0, again.stderr
+    finally:
+        busy.kill()
+        busy.wait()
+    assert (target / ".installed").is_file()
+    assert not list(target.rglob("*.podckpt-install.tmp"))
+    assert _run([str(target / "bin/podckpt-agent"), "--version"]).returncode == 0

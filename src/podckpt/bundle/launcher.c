@@ -120,17 +120,22 @@ static void copy_tree(const char *src, const char *dst)
 			if (symlink(link, t))
 				die("cannot create link", t);
 		} else if (S_ISREG(st.st_mode)) {
+			/* Write beside, then rename: a re-run (pod sandbox recreated, emptyDir kept)
+			 * replaces files without truncating one that something still maps. */
+			char *tmp = join(dst, ".podckpt-install.tmp");
 			int sfd = open(s, O_RDONLY | O_CLOEXEC);
 			if (sfd < 0)
 				die("cannot open", s);
-			int dfd = open(t, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.st_mode & 07777);
+			int dfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.st_mode & 07777);
 			if (dfd < 0)
-				die("cannot create", t);
+				die("cannot create", tmp);
 			if (copy_file(sfd, dfd, st.st_size))
 				die("cannot copy", s);
 			fchmod(dfd, st.st_mode & 07777);
 			close(sfd);
-			close(dfd);
+			if (close(dfd) || rename(tmp, t))
+				die("cannot write", t);
+			free(tmp);
 		}
 		free(s);
 		free(t);
@@ -153,9 +158,11 @@ static int install(const char *bundle, int argc, char **argv)
 	}
 	if (mkdir(to, 0755) && errno != EEXIST)
 		die("cannot create", to);
-	copy_tree(bundle, to);
-	/* The marker is written last: a half-copied bundle has none (the agent's wrapper can tell). */
+	/* The marker is removed first and written last: a half-copied bundle has none. */
 	char *marker = join(to, ".installed");
+	if (unlink(marker) && errno != ENOENT)
+		die("cannot remove", marker);
+	copy_tree(bundle, to);
 	int fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0 || close(fd))
 		die("cannot create", marker);
