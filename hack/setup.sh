@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(debootstrap util-linux iproute2 busybox-static musl-tools patchelf gcc make
-              rsync jq ca-certificates curl)
+              rsync jq ca-certificates curl
+              etcd-server containerd runc containernetworking-plugins iptables umoci skopeo
+              docker-registry)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do

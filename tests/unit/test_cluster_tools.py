@@ -1,0 +1,143 @@
+"""Unit tests of the local-cluster tooling that need no root and no running cluster."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from podckpt.devtools.cluster import binaries, components, images, pki
+from podckpt.devtools.cluster.errors import PrerequisiteError
+
+RELEASE_GOMOD = """module k8s.io/kubernetes
+
+go 1.26.0
+
+godebug default=go1.26
+
+require (
+\tk8s.io/api v0.0.0
+\tk8s.io/utils v0.0.0-20260626114624-be93311217bd
+)
+
+replace (
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/cri-client => ./staging/src/k8s.io/cri-client
+)
+"""
+
+
+def test_wrapper_module_replaces_each_staging_module_with_its_release() -> None:
+    assert binaries.staging_modules(RELEASE_GOMOD) == ["k8s.io/api", "k8s.io/cri-client"]
+    gomod = binaries.wrapper_gomod("v1.37.2", RELEASE_GOMOD)
+    assert "require k8s.io/kubernetes v1.37.2" in gomod
+    assert "\tk8s.io/api => k8s.io/api v0.37.2" in gomod
+    assert "\tk8s.io/cri-client => k8s.io/cri-client v0.37.2" in gomod
+    assert "go 1.26.0" in gomod
+    assert "godebug default=go1.26" in gomod
+    assert "k8s.io/utils" not in gomod  # not a staging module: resolved normally
+
+
+def test_cache_is_keyed_by_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PODCKPT_CACHE", str(tmp_path))
+    assert binaries.binaries_dir("v1.36.3") == tmp_path / "kubernetes" / "v1.36.3"
+    assert binaries.cached("v1.36.3") is None
+
+
+def test_missing_go_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(binaries.os, "access", lambda *_: False)
+    with pytest.raises(PrerequisiteError, match=r"Go is missing.*install Go"):
+        binaries.find_go()
+
+
+def test_port_in_use_is_one_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(PrerequisiteError, match=rf"port {port} .* in use.*MY_PORT"):
+            components.require_free_port(port, "kube-apiserver", "MY_PORT")
+
+
+def test_certificates_chain_to_the_ca_and_carry_identities(tmp_path: Path) -> None:
+    ca = pki.CertificateAuthority(tmp_path)
+    client = ca.issue("admin", "kubernetes-admin", orgs=("system:masters",), client=True)
+    server = pki.serving_cert(ca, "hook", ("127.0.0.1", "localhost"))
+    cert = x509.load_pem_x509_certificate(client.cert.read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=kubernetes-admin,O=system:masters"
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_path.read_bytes()))
+    # A TLS client that trusts only our CA accepts the serving cert for 127.0.0.1.
+    ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    srv_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv_ctx.load_cert_chain(str(server.cert), str(server.key))
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen()
+        server_side = threading.Thread(
+            target=lambda: srv_ctx.wrap_socket(ls.accept()[0], server_side=True).close(),
+            daemon=True,
+        )
+        server_side.start()
+        with (
+            socket.create_connection(ls.getsockname(), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            assert tls.version() is not None
+        server_side.join(10)
+    # Reissuing reuses the files (kubeconfigs a human copied stay valid across `up`s).
+    assert ca.issue("admin", "other").cert.read_bytes() == client.cert.read_bytes()
+
+
+def test_kubeconfig_with_token(tmp_path: Path) -> None:
+    path = pki.write_kubeconfig(
+        tmp_path / "k", "https://127.0.0.1:6443", tmp_path / "ca.crt", user="u", token="t"
+    )
+    doc = yaml.safe_load(path.read_text())
+    assert doc["users"][0]["user"] == {"token": "t"}
+    assert doc["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
+    assert path.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("podckpt.local/pause:3.10", ("podckpt.local/pause", "3.10")),
+        ("busybox", ("busybox", "latest")),
+        ("127.0.0.1:5000/x/y:1", ("127.0.0.1:5000/x/y", "1")),
+        ("127.0.0.1:5000/x", ("127.0.0.1:5000/x", "latest")),
+    ],
+)
+def test_split_ref(ref: str, expected: tuple[str, str]) -> None:
+    assert images.split_ref(ref) == expected
+
+
+def test_cli_down_with_nothing_running_is_harmless(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "podckpt.devtools.cluster", "down"],
+        env={"PODCKPT_CLUSTER_DIR": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "cluster: nothing to stop"
+
+
+def test_cli_status_of_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "podckpt.devtools.cluster", "status"],
+        env={"PODCKPT_CLUSTER_DIR": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == "cluster: not running"
