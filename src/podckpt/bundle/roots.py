@@ -81,7 +81,7 @@ def _musl(root: Path) -> None:
     _counter(root, ["musl-gcc"])  # dynamic: PT_INTERP /lib/ld-musl-x86_64.so.1
 
 
-def _minbase(root: Path) -> None:
+def _debootstrap(root: Path) -> None:
     require_root_and_debootstrap()
     _run(
         ["unshare", "--mount", "--propagation", "private", "--fork",
@@ -89,6 +89,12 @@ def _minbase(root: Path) -> None:
     )  # fmt: skip
     for d in ("var/cache/apt/archives", "var/lib/apt/lists"):
         shutil.rmtree(root / d, ignore_errors=True)
+
+
+def _minbase(root: Path) -> None:
+    # The debootstrap (a minute) is cached on its own: a new counter.c only re-copies it.
+    base = cached_build("bundle-minbase-base-bookworm", _debootstrap)
+    _run(["cp", "-a", f"{base}/.", str(root)])
     _counter(root, ["gcc"])  # dynamic against glibc (the host's bookworm = the root's)
 
 
