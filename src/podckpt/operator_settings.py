@@ -99,8 +99,11 @@ class OperatorSettings(BaseSettings):
     #: More names (DNS or IP) for the generated certificate, e.g. `127.0.0.1` when the API
     #: server calls the webhook by URL (tests, out-of-cluster development).
     webhook_extra_names: tuple[str, ...] = ()
-    #: Slot reservations of this webhook replica outlive an admission by this long.
-    slot_reservation_seconds: float = 60.0
+    #: A slot handed out stays reserved in this webhook replica for this long: it covers the
+    #: gap between the admission response and the pod being stored (milliseconds), so that
+    #: pods created at once get distinct slots without a retry. Longer would keep a slot from
+    #: the replacement of a pod deleted right after its creation.
+    slot_reservation_seconds: float = 5.0
 
     # -- controller ---------------------------------------------------------------------------
     orphan_sweep_seconds: float = 600.0
@@ -108,6 +111,7 @@ class OperatorSettings(BaseSettings):
     agent_log_head_bytes: int = 65536
 
     # -- misc -----------------------------------------------------------------------------------
+    log_level: str = "INFO"
     metrics_port: int = Field(default=8080, ge=0)
 
     def annotation(self, name: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from podckpt.kube import runner
-from podckpt.kube.api import ApiError
+from podckpt.kube.api import ApiError, event_manifest, namespaced
 from podckpt.operator_settings import OperatorSettings, load_settings
 
 from . import orphans
@@ -39,12 +39,18 @@ async def sweep_orphans(state: ControllerState) -> None:
                         meta["namespace"],
                         meta["name"],
                     )
-                    kopf.warn(
-                        claim,  # type: ignore[arg-type]
+                    event = event_manifest(
+                        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", **claim},
+                        type="Warning",
                         reason="OrphanedCheckpointVolume",
                         message="no workload owns this checkpoint volume; delete it when its"
                         " checkpoints are no longer wanted",
+                        component="podckpt-controller",
                     )
+                    try:
+                        await state.api.post(namespaced("events", meta["namespace"]), event)
+                    except ApiError as exc:
+                        logger.warning("could not post the orphan event: %s", exc)
         await asyncio.sleep(state.op.orphan_sweep_seconds)
 
 
@@ -57,8 +63,8 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
     register(registry, op)
     kopf.on.login(registry=registry)(runner.login)
 
-    async def startup(**_: Any) -> None:
-        state.api = runner.connect()
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        state.api = runner.connect(settings)
         state.sweeper = asyncio.create_task(sweep_orphans(state))
         logger.info("controller started")
 
@@ -76,8 +82,11 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    registry, settings, memo = build(load_settings())
+    op = load_settings()
+    logging.basicConfig(level=op.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kopf reports every handled event at INFO; at our scale that is noise, not information.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
+    registry, settings, memo = build(op)
     runner.run(registry, settings, memo)
     return 0
 

@@ -146,8 +146,9 @@ async def ensure_claim(
         storage = manifest["spec"]["resources"]["requests"]["storage"]
         klass = settings.storage_class or "the default class"
         owner_text = f"{owner.kind} {owner.name}" if owner else "nothing"
-        kopf.info(
+        kopf.event(
             body,
+            type=events.NORMAL,
             reason="VolumeProvisioned",
             message=f"checkpoint volume {claim}: {storage} ({size.reason}), {klass},"
             f" owned by {owner_text}",
@@ -205,8 +206,9 @@ async def injected_pod(
     if kind == "ADDED" and state.seen.add((uid, "injected")):
         op = state.op
         annotations = body.metadata.annotations
-        kopf.info(
+        kopf.event(
             body,
+            type=events.NORMAL,
             reason="Injected",
             message=f"podckpt agent in container(s) {annotations.get(op.annotation('containers'))}"
             f" ({annotations.get(op.annotation('mode'))}), identity"
@@ -222,8 +224,9 @@ async def uninjected_pod(*, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     state: ControllerState = memo["podckpt"]
     if not state.seen.add((body.metadata.uid or "", "not-injected")):
         return
-    kopf.warn(
+    kopf.event(
         body,
+        type=events.WARNING,
         reason="NotInjected",
         message=f"{qualified(Key.CHECKPOINT_MODE)} is set, but this pod was created without the"
         " podckpt agent and cannot be checkpointed. Put the label on the pod template (or enable"

@@ -127,6 +127,8 @@ class Operator:
                 "PODCKPT_WEBHOOK_ADDRESS": "127.0.0.1",
                 "PODCKPT_WEBHOOK_PORT": str(self.port),
                 "PODCKPT_WEBHOOK_EXTRA_NAMES": json.dumps(["127.0.0.1"]),
+                # tests delete pods seconds after creating them
+                "PODCKPT_SLOT_RESERVATION_SECONDS": "2",
                 "PYTHONPATH": str(REPO / "src"),
             }
         )
@@ -134,14 +136,24 @@ class Operator:
         return env
 
     def _spawn(self, module: str, serviceaccount: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{module.rsplit('.', 1)[-1]}.log").open("ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=self._env(serviceaccount),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with (self.logs / f"{module.rsplit('.', 1)[-1]}.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=self._env(serviceaccount),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _started_or_stop(
+        self, name: str, proc: subprocess.Popen[bytes], check: Callable[[], bool], timeout: float
+    ) -> None:
+        try:
+            _wait(name, check, timeout, proc)
+        except RuntimeError as exc:
+            self._stop(proc)
+            tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{exc}; log tail:\n{tail}") from None
 
     def _ca_bundle_set(self) -> bool:
         out = self.cluster.kubectl(
@@ -163,7 +175,9 @@ class Operator:
         if self.webhook is not None and self.webhook.poll() is None:
             return
         self.webhook = self._spawn("podckpt.webhook", "podckpt-webhook")
-        _wait("webhook", lambda: self._ca_bundle_set() and self._port_open(), timeout, self.webhook)
+        self._started_or_stop(
+            "webhook", self.webhook, lambda: self._ca_bundle_set() and self._port_open(), timeout
+        )
 
     def start_controller(self, timeout: float = 30) -> None:
         if self.controller is not None and self.controller.poll() is None:
@@ -177,7 +191,7 @@ class Operator:
                 f.seek(start)
                 return b"controller started" in f.read()
 
-        _wait("controller", started, timeout, self.controller)
+        self._started_or_stop("controller", self.controller, started, timeout)
 
     @staticmethod
     def _stop(proc: subprocess.Popen[bytes] | None) -> None:

@@ -7,6 +7,7 @@ handler), so both clients act as the same service account with the same RBAC.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -109,3 +110,35 @@ def namespaced(kind_path: str, namespace: str, name: str | None = None) -> str:
     base = prefix or "/api/v1"
     path = f"{base}/namespaces/{quote(namespace)}/{plural}"
     return f"{path}/{quote(name)}" if name else path
+
+
+def event_manifest(
+    obj: Mapping[str, Any], *, type: str, reason: str, message: str, component: str
+) -> dict[str, Any]:
+    """A core/v1 Event about `obj` (for posts outside kopf's handler context)."""
+    meta = obj.get("metadata") or {}
+    now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{meta.get('name', 'object')}.",
+            "namespace": meta.get("namespace"),
+        },
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion", "v1"),
+            "kind": obj.get("kind", ""),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

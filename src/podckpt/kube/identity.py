@@ -195,11 +195,13 @@ def choose_slot(
     `held` maps the slots of live pods to whether that pod is terminating. A slot whose pod is
     terminating is the one the replacement should take: its checkpoint is being written right
     now, and the replacement's create fails with AlreadyExists (the pod name is the slot) until
-    the old pod is gone, so it restores that checkpoint. Slots reserved by concurrent admissions
-    of this webhook replica are skipped.
+    the old pod is gone, so it restores that checkpoint. Free slots reserved by concurrent
+    admissions of this webhook replica are skipped; a terminating pod's slot is never skipped
+    for a reservation (the replacement's retries must keep asking for it; the pod name
+    serializes them).
     """
     taken = {slot for slot, terminating in held.items() if not terminating}
-    taken.update(reserved)
+    taken.update(slot for slot in reserved if slot not in held)
     for slot in range(limit):
         if slot not in taken:
             return slot

@@ -42,7 +42,7 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
     kopf.on.login(registry=registry)(runner.login)
 
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        state.api = runner.connect()
+        state.api = runner.connect(settings)
         certfile: str | None = op.webhook_certfile
         keyfile: str | None = op.webhook_keyfile
         if not (certfile and keyfile):
@@ -68,8 +68,11 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    registry, settings, memo = build(load_settings())
+    op = load_settings()
+    logging.basicConfig(level=op.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kopf reports every handled event at INFO; at our scale that is noise, not information.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
+    registry, settings, memo = build(op)
     runner.run(registry, settings, memo)
     return 0
 

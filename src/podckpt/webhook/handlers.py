@@ -1,7 +1,7 @@
 """The kopf layer of the webhook: thin handlers around the pure pipeline in `mutate`.
 
 Reads only (side-effect free, so `sideEffects: None` and dry-run are honest): the namespace's
-labels and the live slot holders come from watches (kopf indices), pull Secrets from GETs.
+labels come from a watch (a kopf index), slot holders from a LIST, pull Secrets from GETs.
 """
 
 from __future__ import annotations
@@ -48,16 +48,27 @@ def namespace_entry(body: kopf.Body, **_: Any) -> dict[str, tuple[dict[str, str]
     return {body.metadata.name: (dict(body.metadata.labels), dict(body.metadata.annotations))}
 
 
-def slot_holder(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], Any]:
-    """Index: (namespace, slot group) -> (slot, terminating) of each live pod holding a slot."""
-    state: WebhookState = memo["podckpt"]
-    labels = body.metadata.labels
-    group = labels.get(state.op.annotation("slot-group"))
-    slot = labels.get(state.op.annotation("slot"), "")
-    if not group or not slot.isdigit():
-        return {}
-    terminating = body.metadata.get("deletionTimestamp") is not None
-    return {(body.metadata.namespace or "", group): (int(slot), terminating)}
+async def slot_holders(state: WebhookState, namespace: str, group: str) -> list[tuple[int, bool]]:
+    """(slot, terminating) of the live pods of a slot group, read from the API server.
+
+    A quorum read, not a watch cache: a replacement created right after its predecessor was
+    deleted must see the slot free, and a watch may lag by that much.
+    """
+    op = state.op
+    if state.api is None:
+        raise kopf.AdmissionError("podckpt: the webhook is not connected yet", code=503)
+    selector = f"{op.annotation('slot-group')}={group}"
+    try:
+        result = await state.api.get(namespaced("pods", namespace), labelSelector=selector)
+    except ApiError as exc:
+        raise kopf.AdmissionError(f"podckpt: cannot list slot holders: {exc}", code=500) from None
+    holders: list[tuple[int, bool]] = []
+    for item in result.get("items") or ():
+        meta = item.get("metadata") or {}
+        slot = (meta.get("labels") or {}).get(op.annotation("slot"), "")
+        if slot.isdigit():
+            holders.append((int(slot), meta.get("deletionTimestamp") is not None))
+    return holders
 
 
 async def _pull_credentials(
@@ -116,11 +127,11 @@ async def inject(
     warnings: list[str],
     dryrun: bool,
     memo: kopf.Memo,
-    slot_holder: kopf.Index[tuple[str, str], Any],
     namespace_entry: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
     """Mutating admission of pod CREATE."""
+    started = time.perf_counter()
     state: WebhookState = memo["podckpt"]
     pod: dict[str, Any] = dict(body)
     namespace = body.metadata.namespace or ""
@@ -140,7 +151,7 @@ async def inject(
     slot = None
     if plan.identity.needs_slot:
         group = plan.identity.slot_group
-        holders = slot_holder.get((namespace, group), ())
+        holders = await slot_holders(state, namespace, group)
         slot = state.slots.assign(namespace, group, holders, reserve=not dryrun)
     try:
         mutated = mutate.build(pod, plan, images, state.op, slot=slot)
@@ -150,12 +161,13 @@ async def inject(
     warnings.extend(plan.warnings)
     state.admitted += 1
     logger.info(
-        "injecting pod %s/%s (%s, identity %s, containers %s)",
+        "injecting pod %s/%s (%s, identity %s, containers %s) in %.2f ms",
         namespace,
         mutated["metadata"].get("name") or mutated["metadata"].get("generateName", "?"),
         plan.mode.value,
         mutated["metadata"]["annotations"][state.op.annotation("identity")],
         ",".join(plan.containers),
+        (time.perf_counter() - started) * 1000,
     )
 
     def replace(target: Any) -> None:
@@ -170,12 +182,6 @@ async def inject(
 def register(registry: kopf.OperatorRegistry, op: OperatorSettings) -> None:
     """Attach the handlers to `registry` with the filters that depend on the settings."""
     kopf.index("v1", "namespaces", registry=registry)(namespace_entry)
-    kopf.index(
-        "v1",
-        "pods",
-        labels={op.annotation("slot-group"): kopf.PRESENT},
-        registry=registry,
-    )(slot_holder)
     kopf.on.mutate(
         "v1",
         "pods",

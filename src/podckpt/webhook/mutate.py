@@ -148,7 +148,12 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
                     qualified(Key.CHECKPOINT_STORAGE_VOLUME),
                     settings.storage_volume,
                     "the name of a volume of this pod: "
-                    + (", ".join(n for n in volume_names if n) or "(the pod has no volumes)"),
+                    + (
+                        ", ".join(
+                            n for n in volume_names if n and not n.startswith("kube-api-access-")
+                        )
+                        or "(the pod has no volumes)"
+                    ),
                 )
             )
         )

@@ -1,7 +1,7 @@
 """Deployment and ReplicaSet slots, handed out at admission without side effects.
 
-Live slot holders come from a watch of podckpt's own pods (a kopf index); admissions of this
-webhook replica that have not shown up in the watch yet are kept as short-lived reservations.
+Live slot holders come from a quorum LIST of the group's pods; admissions of this webhook
+replica whose pods are not in that list yet are kept as short-lived reservations.
 Choosing and reserving happen without an `await` in between, so concurrent admissions in one
 process cannot take the same slot. Across webhook replicas, the slot is the pod's name, and the
 API server refuses a second pod of that name: the loser's controller retries, and the next
@@ -17,7 +17,7 @@ from podckpt.kube.identity import choose_slot
 
 
 class SlotBook:
-    """Reservations of the slots handed out by this process and not yet seen in the watch."""
+    """Reservations of the slots handed out by this process and not yet seen live."""
 
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
@@ -43,7 +43,9 @@ class SlotBook:
             if expiry > now and held.get(slot, True)
         }
         slot = choose_slot(held, reservations)
-        if reserve:
+        # A slot still held by a terminating pod is not reserved: the pod name serializes the
+        # contenders, and the replacement's retries must get it once the old pod is gone.
+        if reserve and slot not in held:
             reservations[slot] = now + self._ttl
         if reservations:
             self._reserved[key] = reservations

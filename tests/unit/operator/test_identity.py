@@ -100,6 +100,11 @@ def test_replacement_takes_the_slot_of_the_terminating_pod() -> None:
     assert choose_slot({0: True, 1: False}) == 0
 
 
+def test_reservations_never_hide_a_terminating_slot() -> None:
+    assert choose_slot({0: True}, [0]) == 0
+    assert choose_slot({0: False}, [1]) == 2
+
+
 def test_concurrent_reservations_get_distinct_slots() -> None:
     reserved: list[int] = []
     for _ in range(3):

@@ -1,0 +1,80 @@
+"""The operator installed from config/ on the real apiserver tier, running as its own service
+accounts; a real `docker-registry` with tiny images for the argv tests."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubehelpers import Kube, Registry, eventually, port_open
+from kubernetes import client
+
+from podckpt.devtools.operator_harness import Operator, free_port
+
+
+@pytest.fixture(scope="session")
+def kube(apiserver_cluster: Any) -> Iterator[Kube]:
+    with apiserver_cluster.api_client() as api:
+        yield Kube(api)
+
+
+@pytest.fixture(scope="session")
+def operator(apiserver_cluster: Any) -> Iterator[Operator]:
+    op = Operator(apiserver_cluster)
+    op.install()
+    op.start_webhook()
+    op.start_controller()
+    yield op
+    op.uninstall()
+
+
+@pytest.fixture
+def namespace(kube: Kube, operator: Operator) -> Iterator[str]:
+    del operator
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace({"metadata": {"name": name}})
+    # The default ServiceAccount appears asynchronously (controller-manager); pods need it.
+    eventually(
+        lambda: any(
+            sa.metadata.name == "default"
+            for sa in kube.core.list_namespaced_service_account(name).items
+        ),
+        what="default service account",
+    )
+    yield name
+    with contextlib.suppress(client.ApiException):
+        kube.core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def registry(
+    tmp_path_factory: pytest.TempPathFactory, apiserver_cluster: Any
+) -> Iterator[Registry]:
+    del apiserver_cluster  # same prerequisites; and the webhook reaches it on 127.0.0.1
+    for tool in ("docker-registry", "umoci", "skopeo"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing; run hack/setup.sh")
+    work = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = work / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        "log:\n  level: warn\n"
+    )
+    with (work / "registry.log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        eventually(lambda: port_open(port), timeout=20, what="docker-registry")
+        yield Registry(f"127.0.0.1:{port}", work)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,162 @@
+"""The controller: checkpoint PVCs (size, class, owner, garbage collection) and Events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubehelpers import Kube, eventually
+
+from podckpt.api import parse_quantity
+
+pytestmark = pytest.mark.apiserver
+
+ON = {"memverge.ai/checkpoint-mode": "true"}
+MI = 2**20
+
+
+def _statefulset(name: str, annotations: dict[str, str], memory: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {**ON, "app": name}, "annotations": annotations},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "example.invalid/app:1",
+                            "command": ["/app"],
+                            "resources": {"limits": {"memory": memory}},
+                        }
+                    ]
+                },
+            },
+        },
+    }
+
+
+def _bytes(claim: dict[str, Any]) -> int:
+    return parse_quantity("storage", claim["spec"]["resources"]["requests"]["storage"])
+
+
+def _default_class(kube: Kube) -> str:
+    for klass in kube.storage.list_storage_class().items:
+        annotations = klass.metadata.annotations or {}
+        if annotations.get("storageclass.kubernetes.io/is-default-class") == "true":
+            return str(klass.metadata.name)
+    raise AssertionError("the cluster has no default StorageClass")
+
+
+def test_pvc_sized_from_memory_limits_in_default_class_owned_by_workload(
+    kube: Kube, namespace: str
+) -> None:
+    kube.apps.create_namespaced_stateful_set(namespace, _statefulset("db", {}, "1Gi"))
+    claim = eventually(lambda: kube.pvc(namespace, "podckpt-statefulset-db-0"), what="PVC")
+    owner = kube.apps.read_namespaced_stateful_set("db", namespace)
+    (ref,) = claim["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["name"], ref["uid"]) == ("StatefulSet", "db", owner.metadata.uid)
+    # (1 GiB + 10 % + 256 MiB) x 3 generations
+    assert _bytes(claim) == 4148 * MI
+    assert claim["spec"]["storageClassName"] == _default_class(kube)
+    reasons = eventually(
+        lambda: {"Injected", "VolumeProvisioned"} <= (r := kube.reasons(namespace, "db-0")) and r,
+        what="events",
+    )
+    assert "VolumeProvisioned" in reasons
+
+
+def test_pvc_size_and_class_from_keys(kube: Kube, namespace: str) -> None:
+    kube.storage.create_storage_class(
+        {
+            "metadata": {"name": f"slow-{namespace}"},
+            "provisioner": "example.invalid/none",  # never binds: only the claim matters here
+        }
+    )
+    try:
+        annotations = {
+            "memverge.ai/checkpoint-volume-size": "3Gi",
+            "memverge.ai/checkpoint-storage-class": f"slow-{namespace}",
+        }
+        kube.apps.create_namespaced_stateful_set(
+            namespace, _statefulset("sized", annotations, "8Gi")
+        )
+        claim = eventually(lambda: kube.pvc(namespace, "podckpt-statefulset-sized-0"), what="PVC")
+        assert _bytes(claim) == 3 * 2**30
+        assert claim["spec"]["storageClassName"] == f"slow-{namespace}"
+    finally:
+        kube.storage.delete_storage_class(f"slow-{namespace}")
+
+
+def test_deployment_pvcs_belong_to_the_deployment_and_die_with_it(
+    kube: Kube, namespace: str
+) -> None:
+    kube.apps.create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": _statefulset("web", {}, "128Mi")["spec"]["template"],
+            },
+        },
+    )
+    claims = [
+        eventually(lambda n=n: kube.pvc(namespace, n), what=n)
+        for n in ("podckpt-deployment-web-0", "podckpt-deployment-web-1")
+    ]
+    deployment = kube.apps.read_namespaced_deployment("web", namespace)
+    for claim in claims:
+        (ref,) = claim["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["uid"]) == ("Deployment", deployment.metadata.uid)
+
+    # deleting a pod deletes no checkpoint
+    kube.core.delete_namespaced_pod("web-slot-0", namespace, grace_period_seconds=0)
+    eventually(
+        lambda: any(p["metadata"]["name"] == "web-slot-0" for p in kube.pods(namespace, "app=web")),
+        what="replacement",
+    )
+    assert kube.pvc(namespace, "podckpt-deployment-web-0") is not None
+
+    # deleting the workload does
+    kube.apps.delete_namespaced_deployment("web", namespace, propagation_policy="Background")
+    for name in ("podckpt-deployment-web-0", "podckpt-deployment-web-1"):
+        eventually(
+            lambda name=name: (
+                (c := kube.pvc(namespace, name)) is None
+                or c["metadata"].get("deletionTimestamp") is not None
+            ),
+            timeout=60,
+            what=f"garbage collection of {name}",
+        )
+
+
+def test_pod_labelled_after_creation_gets_a_warning(kube: Kube, namespace: str) -> None:
+    kube.create_pod(
+        namespace,
+        {
+            "metadata": {"name": "late"},
+            "spec": {
+                "containers": [{"name": "app", "image": "example.invalid/a", "command": ["/a"]}]
+            },
+        },
+    )
+    kube.core.patch_namespaced_pod("late", namespace, {"metadata": {"labels": ON}})
+    eventually(lambda: "NotInjected" in kube.reasons(namespace, "late"), what="NotInjected event")
+    (event,) = [e for e in kube.events(namespace, "late") if e["reason"] == "NotInjected"]
+    assert event["type"] == "Warning"
+    assert "pod template" in event["message"]
+
+
+def test_controller_never_writes_to_pods(kube: Kube, namespace: str) -> None:
+    kube.apps.create_namespaced_stateful_set(namespace, _statefulset("quiet", {}, "64Mi"))
+    eventually(lambda: kube.pvc(namespace, "podckpt-statefulset-quiet-0"), what="PVC")
+    (pod,) = kube.pods(namespace, "app=quiet")
+    assert not pod["metadata"].get("finalizers")
+    managers = {m["manager"] for m in pod["metadata"].get("managedFields") or ()}
+    assert all("kopf" not in m and "podckpt" not in m for m in managers), managers
+    assert not [k for k in pod["metadata"]["annotations"] if "kopf" in k]
