@@ -13,7 +13,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from podckpt.devtools.cluster import binaries, components, images, pki
+from podckpt.devtools.cluster import binaries, components, fixtures, images, pki
 from podckpt.devtools.cluster.errors import PrerequisiteError
 
 RELEASE_GOMOD = """module k8s.io/kubernetes
@@ -141,3 +141,12 @@ def test_cli_status_of_nothing(tmp_path: Path) -> None:
     )
     assert proc.returncode == 3
     assert proc.stderr.strip() == "cluster: not running"
+
+
+def test_missing_prerequisite_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no etcd"):
+        fixtures._unavailable("no etcd")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI=true: no etcd"):
+        fixtures._unavailable("no etcd")
