@@ -79,7 +79,7 @@ def _dispatch(args: argparse.Namespace, c: Cluster) -> int:
             else:
                 c.up_apiserver()
             _log(f"ready in {time.monotonic() - t0:.1f} s; logs in {c.logs_dir}")
-        _log('point kubectl at it with:  eval "$(hack/cluster.sh env)"  (or:)')
+        _log('point kubectl at it: eval "$(hack/cluster.sh env)", which prints:')
         sys.stdout.write(_env_lines(c))
         return 0
     if args.cmd == "down":

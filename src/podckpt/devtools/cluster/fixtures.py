@@ -11,7 +11,7 @@ process and removes every mount, bridge and cgroup; when a test of the session f
 components' logs are kept and their path is printed in the summary.
 
 The Kubernetes binaries are built (cold: minutes) right after collection when a selected test
-is marked ``apiserver`` or ``node``, outside any test's timeout.
+is marked ``apiserver`` or ``node`` or uses a cluster fixture, outside any test's timeout.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from podckpt.devtools.cluster.errors import ClusterError, PrerequisiteError
 
 _CLUSTER_MARKERS = ("apiserver", "node")
 _failed = pytest.StashKey[bool]()
-_build_error = pytest.StashKey[str]()
+_build_error = pytest.StashKey[ClusterError]()
 _kept_logs = pytest.StashKey[list[str]]()
 
 
@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(
 ) -> None:
     """Build the Kubernetes binaries before any test runs if a cluster test is selected."""
     del session
-    if not any(item.get_closest_marker(m) for item in items for m in _CLUSTER_MARKERS):
+    if not any(_needs_cluster(item) for item in items):
         return
     if cached() is not None or os.geteuid() != 0:
         return
@@ -67,7 +67,15 @@ def pytest_collection_modifyitems(
     try:
         ensure_binaries(log=log)
     except ClusterError as e:
-        config.stash[_build_error] = str(e)
+        config.stash[_build_error] = e  # reported by the fixtures, as a skip or a failure
+
+
+def _needs_cluster(item: pytest.Item) -> bool:
+    """Marked ``apiserver``/``node``, or using a cluster fixture (even if unmarked)."""
+    if any(item.get_closest_marker(m) for m in _CLUSTER_MARKERS):
+        return True
+    names = getattr(item, "fixturenames", ())
+    return "apiserver_cluster" in names or "node_cluster" in names
 
 
 @pytest.hookimpl(wrapper=True)
@@ -97,10 +105,10 @@ def _cluster(request: pytest.FixtureRequest, tier: str) -> Cluster:
     if os.geteuid() != 0:
         _unavailable("the local Kubernetes cluster needs root")
     if _build_error in config.stash:
-        msg = config.stash[_build_error]
-        if "Go" in msg or "network" in msg or "proxy" in msg:
-            _unavailable(msg)
-        pytest.fail(msg, pytrace=False)
+        err = config.stash[_build_error]
+        if isinstance(err, PrerequisiteError):
+            _unavailable(str(err))
+        pytest.fail(f"building Kubernetes failed: {err}", pytrace=False)
     try:
         check_prerequisites(tier)
     except PrerequisiteError as e:
