@@ -25,8 +25,7 @@ pytestmark = [pytest.mark.apiserver]
 def namespace(apiserver_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
     name = "smoke-" + request.node.name.replace("_", "-")[5:40].strip("-").lower()
-    apiserver_cluster.kubectl("create", "namespace", name)
-    yield name
+    yield apiserver_cluster.create_namespace(name)
     apiserver_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

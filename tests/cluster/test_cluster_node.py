@@ -24,8 +24,7 @@ pytestmark = [pytest.mark.node]
 def namespace(node_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
     name = "node-" + request.node.name.replace("_", "-")[5:40].strip("-").lower()
-    node_cluster.kubectl("create", "namespace", name)
-    yield name
+    yield node_cluster.create_namespace(name)
     node_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

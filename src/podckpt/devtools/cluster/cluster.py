@@ -643,6 +643,27 @@ subjects:
         )
         return images.push(layout, self.registry, ref)
 
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> str:
+        """Create a namespace and wait for its ``default`` ServiceAccount.
+
+        Pods cannot be created in a namespace before the controller-manager has made that
+        account, so tests that create pods right away should use this.
+        """
+        label_args = [f"{k}={v}" for k, v in (labels or {}).items()]
+        self.kubectl("create", "namespace", name)
+        if label_args:
+            self.kubectl("label", "namespace", name, *label_args)
+        components.wait_until(
+            f"ServiceAccount {name}/default",
+            lambda: (
+                self.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode
+                == 0
+            ),
+            30,
+            interval=0.2,
+        )
+        return name
+
     @property
     def ca_path(self) -> Path:
         """The cluster CA certificate (trusted by the apiserver for clients and webhooks)."""
