@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from podckpt.devtools.debian import debian_mirror
+
 MOUNT_PATH = "/.podckpt"
 """Where checkpointed containers mount the bundle (the bundle itself is relocatable)."""
 
@@ -43,7 +45,6 @@ BUNDLE_CRIU = (4, 2)
 """Oldest CRIU accepted: kernels >= 6.16 refuse socket options that CRIU < 4.2 reads."""
 
 SUITE = os.environ.get("PODCKPT_BUNDLE_SUITE", "sid")
-MIRROR = os.environ.get("PODCKPT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 # Bump when the recipe changes in a way that the hashed files below do not capture.
@@ -129,7 +130,7 @@ class _Apt:
         (root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
         (root / "var/lib/dpkg/status").touch()
         (root / "etc/apt/sources.list").write_text(
-            f"deb [signed-by={KEYRING}] {MIRROR} {SUITE} main\n"
+            f"deb [signed-by={KEYRING}] {debian_mirror()} {SUITE} main\n"
         )
         # Valid-Until is off because a mirror snapshot of sid may be older than its Release says.
         (root / "apt.conf").write_text(

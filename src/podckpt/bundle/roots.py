@@ -13,15 +13,14 @@ the versions of what they contain.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from podckpt.devtools.debian import debian_mirror
 from podckpt.devtools.rootfs import RootfsError, cached_build, require_root_and_debootstrap
 
-MIRROR = os.environ.get("PODCKPT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 _COUNTER = Path(__file__).resolve().parent / "counter.c"
 COUNTER = "/app/counter"
 """Path of the test application inside every root."""
@@ -85,7 +84,7 @@ def _debootstrap(root: Path) -> None:
     require_root_and_debootstrap()
     _run(
         ["unshare", "--mount", "--propagation", "private", "--fork",
-         "debootstrap", "--variant=minbase", "bookworm", str(root), MIRROR]
+         "debootstrap", "--variant=minbase", "bookworm", str(root), debian_mirror()]
     )  # fmt: skip
     for d in ("var/cache/apt/archives", "var/lib/apt/lists"):
         shutil.rmtree(root / d, ignore_errors=True)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from podckpt.devtools import rootfs
+from podckpt.devtools.debian import debian_mirror
 
 IMAGE_NAME = "podckpt.local/podckpt-operator"
 RUNTIME_DISTRIBUTION = "podckpt"
@@ -47,7 +48,7 @@ def base_rootfs() -> Path:
                 "--include=python3,ca-certificates",
                 "bookworm",
                 str(root),
-                rootfs.MIRROR,
+                debian_mirror(),
             ],
             "debootstrap bookworm (operator image base)",
         )

@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from podckpt.devtools.debian import debian_mirror
+
 CACHE_DIR = Path(os.environ.get("PODCKPT_CACHE", "/var/cache/podckpt"))
-MIRROR = os.environ.get("PODCKPT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 # Bump the recipe number whenever criu_rootfs's recipe changes: it is part of the cache key.
 _CRIU_RECIPE = 1
@@ -98,7 +99,7 @@ def _remove_tree(path: Path) -> None:
 
 
 def _check_mirror(suite: str) -> None:
-    url = f"{MIRROR}/dists/{suite}/Release"
+    url = f"{debian_mirror()}/dists/{suite}/Release"
     try:
         with urllib.request.urlopen(url, timeout=15):  # noqa: S310 - our own mirror URL
             pass
@@ -158,11 +159,11 @@ def _build_criu_rootfs(root: Path) -> None:
             f"--include={','.join(_PACKAGES)}",
             "trixie",
             str(root),
-            MIRROR,
+            debian_mirror(),
         ],
         "debootstrap trixie",
     )
-    (root / "etc/apt/sources.list.d/sid.list").write_text(f"deb {MIRROR} sid main\n")
+    (root / "etc/apt/sources.list.d/sid.list").write_text(f"deb {debian_mirror()} sid main\n")
     (root / "etc/apt/preferences.d/sid").write_text(
         "Package: *\nPin: release n=sid\nPin-Priority: 100\n"
     )
