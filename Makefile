@@ -25,3 +25,22 @@ typecheck: setup ## mypy strict
 
 unit: setup ## fast tests that need no root, CRIU or cluster
 	$(VENV)/pytest tests/unit
+
+.PHONY: bundle bundle-image cluster-up cluster-down bench
+bundle: setup ## build (or reuse) the self-contained agent bundle; prints its directory
+	$(VENV)/python -m podckpt.bundle build
+
+bundle-image: setup ## the init-container image (OCI layout via umoci) carrying the bundle
+	$(VENV)/python -m podckpt.bundle image --layout _artifacts/bundle-image
+
+cluster-up: setup ## a local single-node Kubernetes (hack/cluster.sh up)
+	hack/cluster.sh up
+
+cluster-down: ## stop everything cluster-up started
+	hack/cluster.sh down
+
+bench: setup ## every benchmark; each rewrites its own section of docs/benchmarks.md
+	$(VENV)/python bench/agent_checkpoint.py
+	$(VENV)/python bench/bundle.py
+	$(VENV)/python bench/cluster_setup.py
+	$(VENV)/python bench/webhook_latency.py
