@@ -5,9 +5,7 @@
 # Needs root (namespaces, mounts); builds the CRIU root filesystem on first use (cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ ! -x .venv/bin/python ]]; then
-    hack/setup.sh
-fi
+hack/setup.sh
 if [[ $(id -u) -ne 0 ]]; then
     echo "demo: needs root (it creates namespaces and mounts like a container runtime)" >&2
     exit 1
