@@ -186,12 +186,17 @@ def test_checkpoint_capabilities_and_unconfined_seccomp_are_allowed(
 
 
 def test_image_pushed_to_local_registry_is_pulled_by_the_node(
-    node_cluster: Cluster, namespace: str, busybox_rootfs: Path
+    node_cluster: Cluster, namespace: str, busybox_rootfs: Path, busybox_image: str
 ) -> None:
     ref = node_cluster.push_image(busybox_rootfs, "podckpt.local/pushed:1", cmd=["sh"])
     assert ref == f"{node_cluster.registry}/pushed:1"
     with urllib.request.urlopen(f"http://{node_cluster.registry}/v2/pushed/tags/list") as r:
         assert json.load(r)["tags"] == ["1"]
+    # Images loaded into the node are in the registry as well, the pause image included.
+    for loaded in (busybox_image, "podckpt.local/pause:3.10"):
+        repo, tag = node_cluster.registry_ref(loaded).split("/", 1)[1].rsplit(":", 1)
+        with urllib.request.urlopen(f"http://{node_cluster.registry}/v2/{repo}/tags/list") as r:
+            assert tag in json.load(r)["tags"]
     node_cluster.kubectl(
         "run", "pulled", "-n", namespace, f"--image={ref}", "--image-pull-policy=Always",
         "--restart=Never", "--", "echo", "pulled from the local registry",

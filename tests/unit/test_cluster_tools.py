@@ -150,3 +150,16 @@ def test_missing_prerequisite_skips_but_fails_under_ci(monkeypatch: pytest.Monke
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="under CI=true: no etcd"):
         fixtures._unavailable("no etcd")
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("podckpt.local/busybox:smoke", "127.0.0.1:5000/busybox:smoke"),
+        ("busybox", "127.0.0.1:5000/busybox:latest"),
+        ("library/busybox:1", "127.0.0.1:5000/library/busybox:1"),
+        ("localhost:5001/a/b:2", "127.0.0.1:5000/a/b:2"),
+    ],
+)
+def test_registry_ref(ref: str, expected: str) -> None:
+    assert images.registry_ref("127.0.0.1:5000", ref) == expected

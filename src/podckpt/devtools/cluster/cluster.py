@@ -478,7 +478,8 @@ subjects:
             )
             self._start_containerd(cni_dir / "net.d")
             st.timings["containerd"] = time.monotonic() - t0
-            images.load_image(self.state_dir, images.pause_binary(), images.PAUSE_REF)
+            pause = images.load_image(self.state_dir, images.pause_binary(), images.PAUSE_REF)
+            images.push(pause, self.registry, images.PAUSE_REF)
             st.timings["pause_image"] = time.monotonic() - t0
             node.create_cgroup_root(st.cgroup_root)
             self._start_kubelet(bin_dir)
@@ -614,12 +615,26 @@ subjects:
         *,
         entrypoint: list[str] | None = None,
         cmd: list[str] | None = None,
+        push: bool = True,
     ) -> str:
-        """rootfs dir / static binary / OCI layout -> image ``ref`` in the node's containerd."""
+        """rootfs dir / static binary / OCI layout -> image ``ref`` in the node's containerd.
+
+        With ``push`` (default) the same image also goes to the local registry, as
+        `registry_ref(ref)`, so code that reads image configs from a registry sees it too.
+        """
         if not self.running(TIER_NODE):
             raise ClusterError("load_image needs the node tier")
-        images.load_image(self.state_dir, Path(source), ref, entrypoint=entrypoint, cmd=cmd)
+        layout = images.load_image(
+            self.state_dir, Path(source), ref, entrypoint=entrypoint, cmd=cmd
+        )
+        if push:
+            images.push(layout, self.registry, ref)
         return ref
+
+    def registry_ref(self, ref: str) -> str:
+        """Where `load_image`/`push_image` put ``ref`` in the local registry
+        (``podckpt.local/busybox:1`` -> ``127.0.0.1:PORT/busybox:1``)."""
+        return images.registry_ref(self.registry, ref)
 
     def push_image(
         self,

@@ -199,9 +199,7 @@ def push(layout: Path, registry: str, ref: str) -> str:
 
     Returns the pushed reference (``<registry>/<repo>:<tag>``).
     """
-    repo, tag = split_ref(ref)
-    repo = repo.split("/", 1)[1] if "." in repo.split("/")[0] and "/" in repo else repo
-    dest = f"{registry}/{repo}:{tag}"
+    dest = registry_ref(registry, ref)
     _run(
         [
             "skopeo",
@@ -214,6 +212,15 @@ def push(layout: Path, registry: str, ref: str) -> str:
         f"push {dest}",
     )
     return dest
+
+
+def registry_ref(registry: str, ref: str) -> str:
+    """``ref``'s name in ``registry``: its own registry host (if any) replaced."""
+    repo, tag = split_ref(ref)
+    first = repo.split("/")[0]
+    if "/" in repo and ("." in first or ":" in first or first == "localhost"):
+        repo = repo.split("/", 1)[1]
+    return f"{registry}/{repo}:{tag}"
 
 
 def registry_config(state: Path, port: int) -> Path:
