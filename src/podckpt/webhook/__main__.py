@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from podckpt import certs
 from podckpt.kube import runner
 from podckpt.operator_settings import OperatorSettings, load_settings
 
+from . import server
 from .handlers import WebhookState, register
 from .imageconfig import ImageConfigResolver
 from .slots import SlotBook
@@ -38,11 +40,22 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
         slots=SlotBook(op.slot_reservation_seconds),
     )
     memo = kopf.Memo(podckpt=state)
-    register(registry, op)
+    register(registry)
     kopf.on.login(registry=registry)(runner.login)
+    servers: list[web.AppRunner] = []
 
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Certificates and the HTTPS server are ours (server.py), not kopf's admission server.
         state.api = runner.connect(settings)
+        # Namespace defaults must be known before the first admission; the watch (kopf)
+        # keeps them current afterwards.
+        listing = await state.api.get("/api/v1/namespaces")
+        for item in listing.get("items") or ():
+            meta = item.get("metadata") or {}
+            state.namespaces[meta["name"]] = (
+                dict(meta.get("labels") or {}),
+                dict(meta.get("annotations") or {}),
+            )
         certfile: str | None = op.webhook_certfile
         keyfile: str | None = op.webhook_keyfile
         if not (certfile and keyfile):
@@ -51,13 +64,19 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
             directory = Path(tempfile.mkdtemp(prefix="podckpt-webhook-tls-"))
             _ca_path, cert_path, key_path = bundle.write(directory)
             certfile, keyfile = str(cert_path), str(key_path)
-        settings.admission.server = kopf.WebhookServer(
-            addr=op.webhook_address, port=op.webhook_port, certfile=certfile, pkeyfile=keyfile
+        servers.append(
+            await server.start(
+                state,
+                address=op.webhook_address,
+                port=op.webhook_port,
+                certfile=certfile,
+                keyfile=keyfile,
+            )
         )
-        settings.admission.managed = None
-        logger.info("webhook listening on %s:%d", op.webhook_address, op.webhook_port)
 
     async def cleanup(**_: Any) -> None:
+        for running in servers:
+            await running.cleanup()
         await state.resolver.close()
         if state.api is not None:
             await state.api.close()

@@ -16,8 +16,6 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-import jsonpatch
-
 from podckpt.api import (
     CheckpointSettings,
     InvalidValueError,
@@ -31,6 +29,7 @@ from podckpt.kube.identity import Identity, WorkloadKind, resolve_identity, slot
 from podckpt.operator_settings import OperatorSettings
 
 from .argv import ImageArgv, needs_image, original_argv
+from .review import diff
 
 Pod = dict[str, Any]
 
@@ -388,6 +387,5 @@ def _wrap(
 
 
 def make_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The JSON patch from `original` to `mutated`."""
-    ops: list[dict[str, Any]] = jsonpatch.make_patch(dict(original), dict(mutated)).patch
-    return ops
+    """The JSON patch from `original` to `mutated` (a structural diff, see `review.diff`)."""
+    return diff(original, mutated)
