@@ -234,6 +234,46 @@ def rss_run(operator: Operator, kube: client.ApiClient, pods: int) -> dict[str, 
     return {"pods": count, "claims": claims, "seconds": settled, "before": before, "after": after}
 
 
+def measure(
+    cluster: Cluster,
+    operator: Operator,
+    namespace: str,
+    image: str,
+    pods: int,
+    parallel: int,
+    prefix: str,
+) -> dict[str, float]:
+    """`pods` checkpointed creations `parallel` at a time, then as many plain ones."""
+    assert operator.webhook is not None
+    log = operator.logs / "webhook.log"
+    mark = log.stat().st_size
+    hist_before = webhook_histogram(cluster)
+    cpu_before = cpu_seconds(operator.webhook.pid)
+    with_webhook = create_many(cluster, namespace, image, pods, parallel, True, f"{prefix}-ckpt")
+    cpu_per_admission = (cpu_seconds(operator.webhook.pid) - cpu_before) / pods * 1000
+    hist_after = webhook_histogram(cluster)
+    handler, served = handler_times(log, mark)
+    without = create_many(cluster, namespace, image, pods, parallel, False, f"{prefix}-plain")
+    delta = {k: hist_after.get(k, 0) - hist_before.get(k, 0) for k in hist_after}
+    total = delta.get(float("inf"), 0.0) or 1.0
+    return {
+        "pods": pods,
+        "parallel": parallel,
+        "apiserver_calls": delta.get(float("inf"), 0.0),
+        "apiserver_within_5ms": delta.get(0.005, 0.0) / total,
+        "apiserver_within_25ms": delta.get(0.025, 0.0) / total,
+        "apiserver_within_100ms": delta.get(0.1, 0.0) / total,
+        "webhook_cpu_ms": cpu_per_admission,
+        "served": served,
+        "handler_p50": statistics.median(handler),
+        "handler_p99": percentile(handler, 99),
+        "create_p50_with": statistics.median(with_webhook),
+        "create_p99_with": percentile(with_webhook, 99),
+        "create_p50_without": statistics.median(without),
+        "create_p99_without": percentile(without, 99),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--pods", type=int, default=200)
@@ -259,36 +299,11 @@ def main() -> int:
         core.create_namespace({"metadata": {"name": namespace}})
         time.sleep(3)  # default service account
         create_many(cluster, namespace, image, 1, 1, True, "warm")  # fills the image cache
-        log = operator.logs / "webhook.log"
-        mark = log.stat().st_size
-        hist_before = webhook_histogram(cluster)
-        assert operator.webhook is not None
-        cpu_before = cpu_seconds(operator.webhook.pid)
-        with_webhook = create_many(
-            cluster, namespace, image, args.pods, args.parallel, True, "ckpt"
-        )
-        cpu_per_admission = (cpu_seconds(operator.webhook.pid) - cpu_before) / args.pods * 1000
-        hist_after = webhook_histogram(cluster)
-        handler, served = handler_times(log, mark)
-        without = create_many(cluster, namespace, image, args.pods, args.parallel, False, "plain")
-        delta = {k: hist_after.get(k, 0) - hist_before.get(k, 0) for k in hist_after}
-        total = delta.get(float("inf"), 0.0)
-        within_25 = delta.get(0.025, 0.0) / total if total else 0.0
-        latency = {
-            "apiserver_calls": total,
-            "apiserver_within_25ms": within_25,
-            "apiserver_within_5ms": delta.get(0.005, 0.0) / total if total else 0.0,
-            "apiserver_within_100ms": delta.get(0.1, 0.0) / total if total else 0.0,
-            "webhook_cpu_ms": cpu_per_admission,
-            "served": served,
-            "handler_p50": statistics.median(handler),
-            "handler_p99": percentile(handler, 99),
-            "create_p50_with": statistics.median(with_webhook),
-            "create_p99_with": percentile(with_webhook, 99),
-            "create_p50_without": statistics.median(without),
-            "create_p99_without": percentile(without, 99),
-        }
-        print(latency, flush=True)
+        runs = [
+            measure(cluster, operator, namespace, image, args.pods, args.parallel, "p"),
+            measure(cluster, operator, namespace, image, args.pods // 2, 1, "s"),
+        ]
+        print(runs, flush=True)
         rss = rss_run(operator, kube, args.rss_pods) if args.rss_pods else None
     finally:
         if operator is not None:
@@ -297,48 +312,83 @@ def main() -> int:
             registry.terminate()
             registry.wait(timeout=10)
         cluster.down()
-    section = render(args, latency, rss)
+    section = render(args, runs, rss)
     print(section)
     if not args.no_write:
         write_section(section)
     return 0
 
 
-def render(args: argparse.Namespace, lat: dict[str, float], rss: dict[str, Any] | None) -> str:
+def render(
+    args: argparse.Namespace, runs: list[dict[str, float]], rss: dict[str, Any] | None
+) -> str:
+    del args
     mib = 2**20
     lines = [
         BEGIN,
         "## Operator",
         "",
-        f"Measured by `bench/webhook_latency.py` on {time.strftime('%Y-%m-%d')}, apiserver tier"
-        " on this machine (2 cores shared with builds), operator installed from `config/` and"
-        " running as its service accounts (`python -m podckpt.webhook` / `.controller`).",
+        f"Measured by `bench/webhook_latency.py` on {time.strftime('%Y-%m-%d')}: a fresh"
+        " apiserver tier (etcd, kube-apiserver, controller-manager) on this machine (2 cores,"
+        " shared with colleagues' builds: load average 4-6 during the runs), the operator"
+        " installed from `config/` and running as its own service accounts. Pods are plain"
+        " checkpointed pods whose argv comes from a real local registry (image config cached"
+        " after a warm-up pod); the client is a light async HTTP client on the same machine.",
         "",
-        f"**Webhook latency** — {args.pods} checkpointed pod creations, {args.parallel} in"
-        " parallel, argv read from a real local registry (image config cached after a warm-up"
-        " pod):",
+        "**Webhook latency.** The API server's own measurement of each webhook call"
+        " (`apiserver_admission_webhook_admission_duration_seconds`, buckets at 5, 25 and 100"
+        " ms) is the figure the target is about; the handler time is what the webhook itself"
+        " logs; the last rows show how long the API server takes for a create with and without"
+        " the webhook.",
         "",
-        "| measure | value | target |",
-        "|---|---|---|",
-        f"| API server's webhook call ≤ 25 ms (`apiserver_admission_webhook_admission_duration"
-        f"_seconds`, {lat['apiserver_calls']:.0f} calls) | {lat['apiserver_within_25ms']:.1%}"
-        " | ≥ 99 % (p99 ≤ 25 ms) |",
-        f"| API server's webhook call ≤ 5 ms | {lat['apiserver_within_5ms']:.1%} | |",
-        f"| API server's webhook call ≤ 100 ms | {lat['apiserver_within_100ms']:.1%} | |",
-        f"| webhook process CPU per admission (utime + stime) | {lat['webhook_cpu_ms']:.2f} ms | |",
-        f"| handler time p50 / p99 (webhook log) | {lat['handler_p50']:.2f} /"
-        f" {lat['handler_p99']:.2f} ms | |",
-        f"| pod create, client side, p50 / p99, with the webhook | {lat['create_p50_with']:.1f}"
-        f" / {lat['create_p99_with']:.1f} ms | |",
-        f"| pod create, client side, p50 / p99, not opted in | {lat['create_p50_without']:.1f}"
-        f" / {lat['create_p99_without']:.1f} ms | |",
+        "| measure | "
+        + " | ".join(f"{r['pods']:.0f} pods, {r['parallel']:.0f} in parallel" for r in runs)
+        + " | target |",
+        "|---|" + "---|" * len(runs) + "---|",
+    ]
+
+    def row(name: str, cells: list[str], target: str = "") -> None:
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {target} |")
+
+    row("webhook calls ≤ 5 ms", [f"{r['apiserver_within_5ms']:.0%}" for r in runs])
+    row(
+        "webhook calls ≤ 25 ms",
+        [f"{r['apiserver_within_25ms']:.0%}" for r in runs],
+        "≥ 99 % at 20 in parallel",
+    )
+    row("webhook calls ≤ 100 ms", [f"{r['apiserver_within_100ms']:.0%}" for r in runs])
+    row("webhook CPU per admission", [f"{r['webhook_cpu_ms']:.1f} ms" for r in runs])
+    row(
+        "handler time p50 / p99",
+        [f"{r['handler_p50']:.1f} / {r['handler_p99']:.1f} ms" for r in runs],
+    )
+    row(
+        "create p50 / p99, checkpointed",
+        [f"{r['create_p50_with']:.0f} / {r['create_p99_with']:.0f} ms" for r in runs],
+    )
+    row(
+        "create p50 / p99, not opted in (no webhook call)",
+        [f"{r['create_p50_without']:.0f} / {r['create_p99_without']:.0f} ms" for r in runs],
+    )
+    lines += [
+        "",
+        "Reading: one at a time, the call the API server measures is mostly under 25 ms while"
+        " the handler needs about 1 ms; the rest is the round trip through a CPU-starved API"
+        " server. Twenty in parallel, that machine needs far longer for a create with no"
+        " webhook at all (last row) than the whole 25 ms budget, and the webhook's own share"
+        " (CPU per admission, handler time) stays small: the target is not met on this shared"
+        " 2-core machine, and the numbers say the API server, not the webhook, is the"
+        " bottleneck here. What the webhook controls was cut: admission bypasses kopf's"
+        " generic webhook path (3.9 -> 1.4 ms CPU per admission measured directly, see"
+        " docs/operator.md), the patch is a cheap structural diff, namespace defaults come"
+        " from a watch, image configs from a cache.",
     ]
     if rss is not None:
         lines += [
             "",
-            f"**Operator memory** — a StatefulSet of {rss['pods']} checkpointed pods (Pending,"
-            f" no node), {rss['claims']} PVCs created by the controller in"
-            f" {rss['seconds']:.0f} s:",
+            f"**Operator memory.** A StatefulSet of {rss['pods']} checkpointed pods (Pending,"
+            f" no node); the controller created their {rss['claims']} PVCs (in a class that"
+            f" never binds) in {rss['seconds']:.0f} s. RSS once settled:",
             "",
             "| process | RSS before | RSS after | target |",
             "|---|---|---|---|",

@@ -54,7 +54,9 @@ class ControllerState:
     sweeper: asyncio.Task[None] | None = None
 
 
-def namespace_entry(body: kopf.Body, **_: Any) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
+async def namespace_entry(
+    body: kopf.Body, **_: Any
+) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
     return {body.metadata.name: (dict(body.metadata.labels), dict(body.metadata.annotations))}
 
 

@@ -130,6 +130,7 @@ class Operator:
                 # tests delete pods seconds after creating them
                 "PODCKPT_SLOT_RESERVATION_SECONDS": "2",
                 "PYTHONPATH": str(REPO / "src"),
+                "MALLOC_ARENA_MAX": "2",  # as in the shipped Deployments
             }
         )
         env.update(self.extra_env)

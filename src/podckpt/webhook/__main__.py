@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
+
+# kopf imports the official kubernetes client when it is installed, for a login method we do
+# not use (we log in with kopf's own service-account/kubeconfig readers): not importing it
+# saves ~10 MB of resident memory per process.
+sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+# ruff: noqa: E402 - the imports below must come after that line
+
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any

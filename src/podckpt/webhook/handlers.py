@@ -63,7 +63,9 @@ class Denied(Exception):
         self.code = code
 
 
-def namespace_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def namespace_event(
+    event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     """Keep (labels, annotations) of every namespace, for namespace defaults."""
     state: WebhookState = memo["podckpt"]
     name = body.metadata.name
