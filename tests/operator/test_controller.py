@@ -160,3 +160,30 @@ def test_controller_never_writes_to_pods(kube: Kube, namespace: str) -> None:
     managers = {m["manager"] for m in pod["metadata"].get("managedFields") or ()}
     assert all("kopf" not in m and "podckpt" not in m for m in managers), managers
     assert not [k for k in pod["metadata"]["annotations"] if "kopf" in k]
+
+
+def test_orphaned_checkpoint_volume_is_reported_not_deleted(kube: Kube, namespace: str) -> None:
+    kube.core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {
+                "name": "podckpt-statefulset-gone-0",
+                "labels": {"podckpt.io/managed-by": "podckpt"},
+            },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    eventually(
+        lambda: "OrphanedCheckpointVolume" in kube.reasons(namespace, "podckpt-statefulset-gone-0"),
+        what="orphan report",
+    )
+    (event,) = [
+        e
+        for e in kube.events(namespace, "podckpt-statefulset-gone-0")
+        if e["reason"] == "OrphanedCheckpointVolume"
+    ]
+    assert event["type"] == "Warning"
+    assert kube.pvc(namespace, "podckpt-statefulset-gone-0") is not None
