@@ -2,7 +2,9 @@
 
 A fresh start must first move the PID counter above the application's range (pids.py), which
 takes tens of milliseconds; so does importing the rest of the agent. When the store obviously
-holds nothing to restore, the PID counter is moved in a thread while the agent imports itself.
+holds nothing to restore, the PID counter is moved while the agent imports itself (by the
+bundle's `podckpt-pidfloor`, else in a thread). Only what a fresh start needs is imported
+before the application starts (see runner.py); dump and restore are imported later.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import NoReturn
 
 from . import pids
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     started = time.monotonic()
     args = list(sys.argv[1:] if argv is None else argv)
-    early = pids.BackgroundFloor() if surely_fresh(args) else None
+    early = pids.early_floor() if surely_fresh(args) else None
     from .runner import main as run_main  # noqa: PLC0415 - imported while the floor rises
 
     run_main(args, started, early)

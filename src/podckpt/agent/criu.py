@@ -8,15 +8,17 @@ executed at all (missing binary, bad loader), and `CriuFailedError` when CRIU ra
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
-import shutil
-import subprocess
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from .errors import CriuFailedError, CriuMissingError, CriuRunError, CriuTooOldError
 from .log import Timer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
 #: Kernel 6.16+ refuses socket options CRIU < 4.2 reads (CRIU issue #2705); 4.1 cannot dump
 #: any process with a TCP socket there. Images are not portable across these versions either.
@@ -61,6 +63,8 @@ def locate(env: Mapping[str, str] | None = None) -> str:
         candidate = os.path.join(bundle, "criu", "criu")
         if os.access(candidate, os.X_OK):
             return candidate
+    import shutil  # noqa: PLC0415 - not needed when CRIU comes from the bundle
+
     found = shutil.which("criu", path=env.get("PATH", os.defpath))
     if found is None:
         raise CriuMissingError(
@@ -77,8 +81,38 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3] or 0))
 
 
-def probe(path: str) -> Criu:
-    """Run `criu --version`; refuse a CRIU older than MIN_VERSION."""
+def bundled_version(path: str, env: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
+    """CRIU's version as the bundle build recorded it (`bundle.json`, `criu_version_output`),
+    when `path` is the bundle's own CRIU; None otherwise (then `criu --version` runs)."""
+    env = os.environ if env is None else env
+    bundle = env.get(BUNDLE_ENV)
+    if not bundle or env.get(CRIU_ENV) or path != os.path.join(bundle, "criu", "criu"):
+        return None
+    try:
+        with open(os.path.join(bundle, "bundle.json"), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        return parse_version(str(manifest["criu_version_output"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def probe(path: str, env: Mapping[str, str] | None = None) -> Criu:
+    """The bundle's recorded version for the bundle's CRIU, else run `criu --version`; refuse a
+    CRIU older than MIN_VERSION."""
+    version = bundled_version(path, env)
+    if version is None:
+        version = _run_version(path)
+    if version[:2] < MIN_VERSION:
+        raise CriuTooOldError(
+            f"{path} is CRIU {'.'.join(map(str, version))}; this kernel needs CRIU >="
+            f" {'.'.join(map(str, MIN_VERSION))} (older versions fail on any TCP socket)"
+        )
+    return Criu(path, version)
+
+
+def _run_version(path: str) -> tuple[int, int, int]:
+    import subprocess  # noqa: PLC0415 - a fresh start from the bundle runs no subprocess
+
     try:
         done = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=30, check=False
@@ -91,16 +125,11 @@ def probe(path: str) -> Criu:
             f"{path} --version failed (exit {done.returncode}): "
             + (done.stderr.strip() or done.stdout.strip())[:300]
         )
-    if version[:2] < MIN_VERSION:
-        raise CriuTooOldError(
-            f"{path} is CRIU {'.'.join(map(str, version))}; this kernel needs CRIU >="
-            f" {'.'.join(map(str, MIN_VERSION))} (older versions fail on any TCP socket)"
-        )
-    return Criu(path, version)
+    return version
 
 
 def find(env: Mapping[str, str] | None = None) -> Criu:
-    return probe(locate(env))
+    return probe(locate(env), env)
 
 
 def parse_stats(text: str) -> dict[str, int]:
@@ -120,7 +149,8 @@ def parse_stats(text: str) -> dict[str, int]:
 def log_tail(log_path: str | Path, count: int = _TAIL_LINES) -> list[str]:
     """The last error (or, failing that, warning) lines of a CRIU log."""
     try:
-        lines = Path(log_path).read_text(errors="replace").splitlines()
+        with open(log_path, errors="replace") as handle:
+            lines = handle.read().splitlines()
     except OSError:
         return []
     errors = [line.strip() for line in lines if _ERROR_LINE.match(line.strip())]
@@ -142,6 +172,8 @@ def run(
 
     CRIU's stdout/stderr are captured (never the container's): its statistics come from there.
     """
+    import subprocess  # noqa: PLC0415 - not needed before the application starts
+
     argv = [criu.path, action, *args, "-o", str(log_path), "-v4", "--display-stats"]
     timer = Timer()
     try:

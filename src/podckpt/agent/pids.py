@@ -16,6 +16,10 @@ not exist allocates a PID and fails at once (a vfork, no page tables copied). Me
 ~0.17 ms per PID, ~50 ms for 300; os.fork of the agent costs ~8 ms each, threads ~0.3 ms;
 clone3 `set_tid` puts one task at a chosen PID but does not move the counter, so the
 application's children and threads would still get low PIDs (measured: docs/agent.md).
+
+From the bundle the burning is done by `$PODCKPT_BUNDLE/bin/podckpt-pidfloor FLOOR` (vfork in
+C, ~0.05 ms per PID): started before the agent imports itself, it runs on the other core without
+the GIL, and the agent only waits for it just before starting the application.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ PID_FLOOR = 300
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _NO_SUCH_PROGRAM = "/nonexistent/podckpt-pid-burner"
 _MAX_BURN = 100_000
+BUNDLE_ENV = "PODCKPT_BUNDLE"
 
 
 class FloorResult:
@@ -72,9 +77,16 @@ def _burn_one() -> None:
     os.waitpid(pid, 0)  # a libc that reports exec failure as a child exit code
 
 
-def raise_floor(floor: int = PID_FLOOR) -> FloorResult:
-    """Make sure the next PID this namespace hands out is >= floor."""
-    start = time.monotonic()
+def helper_path() -> str | None:
+    """The bundle's C PID burner, when the agent runs from its bundle."""
+    bundle = os.environ.get(BUNDLE_ENV)
+    if not bundle:
+        return None
+    path = os.path.join(bundle, "bin", "podckpt-pidfloor")
+    return path if os.access(path, os.X_OK) else None
+
+
+def _try_ns_last_pid(floor: int, start: float) -> FloorResult | None:
     current = last_pid()
     if current >= floor - 1:
         return FloorResult("already", current, 0, time.monotonic() - start)
@@ -83,7 +95,19 @@ def raise_floor(floor: int = PID_FLOOR) -> FloorResult:
             handle.write(str(floor - 1))
         return FloorResult("ns_last_pid", last_pid(), 0, time.monotonic() - start)
     except OSError:
-        pass  # read-only /proc/sys, as in every runc container
+        return None  # read-only /proc/sys, as in every runc container
+
+
+def raise_floor(floor: int = PID_FLOOR, *, use_helper: bool = True) -> FloorResult:
+    """Make sure the next PID this namespace hands out is >= floor."""
+    start = time.monotonic()
+    done = _try_ns_last_pid(floor, start)
+    if done is not None:
+        return done
+    helper = helper_path() if use_helper else None
+    if helper is not None:
+        return HelperFloor(helper, floor, start).result()
+    current = last_pid()
     burned = 0
     while current < floor - 1 and burned < _MAX_BURN:
         for _ in range(floor - 1 - current):
@@ -112,3 +136,67 @@ class BackgroundFloor:
         self._thread.join()
         # The thread can only miss the floor if it died; finish the job here then.
         return self._result if self._result is not None else raise_floor()
+
+
+class HelperFloor:
+    """`podckpt-pidfloor FLOOR` running beside the agent: no GIL, no Python per PID.
+
+    Started with posix_spawn (its stdout, the last PID it got, on a pipe); `result()` waits
+    for it and, should the helper fail, burns the rest in Python."""
+
+    def __init__(self, helper: str, floor: int = PID_FLOOR, start: float | None = None) -> None:
+        self._start = time.monotonic() if start is None else start
+        self._floor = floor
+        self._before = last_pid()
+        self._pid: int | None = None
+        self._read, write_end = os.pipe()
+        try:
+            self._pid = os.posix_spawn(
+                helper, [helper, str(floor)], {}, file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 1)]
+            )
+        except OSError:
+            self._pid = None
+        finally:
+            os.close(write_end)
+
+    def result(self) -> FloorResult:
+        try:
+            while os.read(self._read, 64):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(self._read)
+        if self._pid is not None:
+            _, status = os.waitpid(self._pid, 0)
+            current = last_pid()
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and current >= self._floor - 1:
+                burned = max(0, current - self._before)
+                return FloorResult("helper", current, burned, time.monotonic() - self._start)
+        return raise_floor(self._floor, use_helper=False)
+
+
+class ReadyFloor:
+    """The floor needed no work (already above it, or ns_last_pid was writable)."""
+
+    def __init__(self, result: FloorResult) -> None:
+        self._result = result
+
+    def result(self) -> FloorResult:
+        return self._result
+
+
+#: What the CLI hands the supervisor: anything with `result() -> FloorResult`.
+EarlyFloor = ReadyFloor | HelperFloor | BackgroundFloor
+
+
+def early_floor(floor: int = PID_FLOOR) -> EarlyFloor:
+    """Start raising the floor beside the agent's own start-up: the bundle's helper when there
+    is one, else a Python thread. Only for a fresh start (see BackgroundFloor)."""
+    done = _try_ns_last_pid(floor, time.monotonic())
+    if done is not None:
+        return ReadyFloor(done)
+    helper = helper_path()
+    if helper is not None:
+        return HelperFloor(helper, floor)
+    return BackgroundFloor(floor)

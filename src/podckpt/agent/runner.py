@@ -11,18 +11,21 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from podckpt.api import RestorePolicy
 
-from . import AGENT_VERSION, capabilities, control, criu, exitcodes, log, pids
+from . import AGENT_VERSION, capabilities, criu, exitcodes, log, pids
 from .context import Context
 from .errors import AgentError, CriuMissingError, CriuTooOldError, EnvironmentProblem
 from .settings import LiveSettings
 from .store import Store
 from .supervisor import RestoreFailed, Supervisor, become_subreaper
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
 
 DESCRIPTION = """\
 Transparent CRIU checkpoint/restore for a container: the agent runs as PID 1, restores the
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str], started: float, early_floor: pids.BackgroundFloor | None) -> NoReturn:
+def main(argv: Sequence[str], started: float, early_floor: pids.EarlyFloor | None) -> NoReturn:
     args = build_parser().parse_args(argv)
     if args.command == "checkpoint":
         raise SystemExit(checkpoint_command(args.container, args.timeout))
@@ -99,6 +102,8 @@ def main(argv: Sequence[str], started: float, early_floor: pids.BackgroundFloor 
 
 
 def checkpoint_command(container: str | None, timeout: float) -> int:
+    from . import control  # noqa: PLC0415 - `run` does not need it before the application starts
+
     try:
         answer = control.request(container, "checkpoint", timeout)
     except AgentError as exc:
@@ -112,7 +117,7 @@ def checkpoint_command(container: str | None, timeout: float) -> int:
 
 
 def run_command(
-    args: argparse.Namespace, started: float, early_floor: pids.BackgroundFloor | None
+    args: argparse.Namespace, started: float, early_floor: pids.EarlyFloor | None
 ) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -138,11 +143,11 @@ def run_command(
         if early_floor is None and (
             not store.candidates() or settings.restore_policy is RestorePolicy.FRESH
         ):
-            early_floor = pids.BackgroundFloor()
+            early_floor = pids.early_floor()
         ctx = _prepare_criu(store, settings.mode)
     else:
         container = args.container or "app"
-        early_floor = early_floor or pids.BackgroundFloor()
+        early_floor = early_floor or pids.early_floor()
         log.emit("start", "no-store", why="no --store: the agent supervises but never checkpoints")
 
     supervisor = Supervisor(argv, live, settings, ctx, container, started)

@@ -20,14 +20,11 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from .errors import (
     GenerationInvalidError,
@@ -36,6 +33,10 @@ from .errors import (
     StoreMismatchError,
     StoreWriteError,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 LAYOUT_VERSION = 1
 MANIFEST_FORMAT = 1
@@ -80,8 +81,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def _rmtree(path: Path) -> None:
+    import shutil  # noqa: PLC0415 - rarely needed, and not before the application starts
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def hash_file(path: Path, *, fsync: bool = False) -> tuple[int, str]:
     """Size and sha256 of a file; optionally fsync it while it is open anyway."""
+    import hashlib  # noqa: PLC0415 - not needed before the application starts
+
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as handle:
@@ -298,7 +307,7 @@ class Store:
         removed = []
         for gen in self.all_generations():
             if gen.seq > (limit or 0) or not (gen.path / MANIFEST).exists():
-                shutil.rmtree(gen.path, ignore_errors=True)
+                _rmtree(gen.path)
                 removed.append(gen.name)
         return removed
 
@@ -360,7 +369,7 @@ class Store:
         """Remove a generation that was never committed (a failed dump)."""
         if gen.name == self.latest_name():
             raise StoreError(f"refusing to discard the committed generation {gen.name}")
-        shutil.rmtree(gen.path, ignore_errors=True)
+        _rmtree(gen.path)
 
     def mark(self, gen: Generation, marker: str) -> None:
         # A marker is advice: if it cannot be written, the worst case is one more attempt.
@@ -378,7 +387,7 @@ class Store:
                 if not (gen.path / FAILED).exists():
                     self.mark(gen, RESTORED)
             else:
-                shutil.rmtree(gen.path, ignore_errors=True)
+                _rmtree(gen.path)
 
     def mark_completed(self, *, diagnosis: bool) -> None:
         try:
@@ -395,7 +404,7 @@ class Store:
         for gen in committed[: max(0, len(committed) - keep)]:
             if diagnosis and ((gen.path / RESTORED).exists() or (gen.path / FAILED).exists()):
                 continue
-            shutil.rmtree(gen.path, ignore_errors=True)
+            _rmtree(gen.path)
             removed.append(gen.name)
         return removed
 

@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import signal
-import socket
 import stat
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from podckpt.api import CheckpointSettings, RestorePolicy
+from podckpt.api import RestorePolicy
 
-from . import checkpoint, control, exitcodes, log, pids
-from .context import Context
+from . import exitcodes, log, pids
 from .errors import AgentError, StoreError
 from .log import Timer
-from .restore import restore_latest
-from .settings import LiveSettings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Sequence
+    from typing import Any
+
+    from podckpt.api import CheckpointSettings
+
+    from .context import Context
+    from .settings import LiveSettings
 
 #: Forwarded to the application as they come. SIGCHLD is ours; SIGKILL/SIGSTOP cannot be
 #: caught; synchronous faults (SIGSEGV...) and terminal job control signals are not forwarded,
@@ -41,6 +45,16 @@ FORWARDED = tuple(
     if hasattr(signal, name)
 )  # fmt: skip
 _PR_SET_CHILD_SUBREAPER = 36
+#: The agent's own variables, not the application's: the launcher sets PODCKPT_BUNDLE, the
+#: rest are the agent's options and the webhook's hand-over to it.
+AGENT_ONLY_ENV = (
+    "PODCKPT_BUNDLE",
+    "PODCKPT_CRIU",
+    "PODCKPT_STORE",
+    "PODCKPT_CONTAINER",
+    "PODCKPT_APP_UID",
+    "PODCKPT_APP_GID",
+)
 _DEV_NULL = os.makedev(1, 3)
 
 
@@ -71,6 +85,11 @@ def stdio_actions() -> list[tuple[Any, ...]]:
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_NULL and os.path.exists("/dev/null"):
             actions.append((os.POSIX_SPAWN_OPEN, fd, "/dev/null", flags, 0))
     return actions
+
+
+def application_env() -> dict[str, str]:
+    """The container's environment, without the agent's own variables."""
+    return {k: v for k, v in os.environ.items() if k not in AGENT_ONLY_ENV}
 
 
 def process_age() -> float | None:
@@ -108,7 +127,7 @@ class Supervisor:
         self._control: socket.socket | None = None
         self._next_periodic: float | None = None
         #: Started by the CLI when a fresh start is certain (no checkpoint to restore).
-        self.early_floor: pids.BackgroundFloor | None = None
+        self.early_floor: pids.EarlyFloor | None = None
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -122,6 +141,8 @@ class Supervisor:
     def open_control(self) -> None:
         if self.ctx is None:
             return
+        from . import control  # noqa: PLC0415 - after the application started
+
         try:
             self._control = control.listen(self.container)
         except OSError as exc:
@@ -139,6 +160,8 @@ class Supervisor:
             elif policy is RestorePolicy.FRESH:
                 log.emit("restore", "skipped", why="restore-policy is fresh")
             else:
+                from .restore import restore_latest  # noqa: PLC0415 - only when restoring
+
                 restored = restore_latest(ctx, diagnosis=self.settings.diagnosis)
                 if restored is not None:
                     self.root = restored.root_pid
@@ -165,7 +188,7 @@ class Supervisor:
             self.root = os.posix_spawnp(
                 self.argv[0],
                 self.argv,
-                os.environ,
+                application_env(),
                 file_actions=stdio_actions(),
                 setsid=True,
                 setsigdef=(*FORWARDED, signal.SIGCHLD, signal.SIGPIPE),
@@ -187,6 +210,8 @@ class Supervisor:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> int:
+        import selectors  # noqa: PLC0415 - after the application started
+
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, "signals")
         if self._control is not None:
@@ -278,6 +303,8 @@ class Supervisor:
             )
             self._forward(signal.SIGTERM)
             return
+        from . import checkpoint  # noqa: PLC0415 - not needed before the application starts
+
         try:
             outcome = checkpoint.dump(self.ctx, self.root, settings, final=True, reason="sigterm")
         except AgentError as exc:
@@ -296,6 +323,8 @@ class Supervisor:
     def checkpoint_now(self, reason: str, settings: CheckpointSettings) -> dict[str, Any]:
         if self.ctx is None or self.root is None:
             return {"ok": False, "error": "the agent has no checkpoint store (--store)"}
+        from . import checkpoint  # noqa: PLC0415 - not needed before the application starts
+
         try:
             outcome = checkpoint.dump(self.ctx, self.root, settings, final=False, reason=reason)
         except AgentError as exc:
@@ -310,6 +339,8 @@ class Supervisor:
         }
 
     def _serve_control(self) -> None:
+        from . import control  # noqa: PLC0415 - after the application started
+
         assert self._control is not None
         try:
             conn, _ = self._control.accept()

@@ -7,10 +7,11 @@ The kubelet writes one `key="value"` line per entry, the value quoted with Go's 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .errors import DownwardAPIFormatError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _SIMPLE_ESCAPES = {
     "a": "\a",
@@ -96,11 +97,13 @@ def parse_downward_text(text: str, path: str = "<text>") -> dict[str, str]:
 
 def read_downward_file(path: str | Path) -> dict[str, str]:
     """Entries of a downward-API labels or annotations file."""
-    file = Path(path)
-    return parse_downward_text(file.read_text(encoding="utf-8"), str(file))
+    with open(path, encoding="utf-8") as handle:
+        return parse_downward_text(handle.read(), str(path))
 
 
 def format_downward_text(entries: dict[str, str]) -> str:
     """The kubelet's format, for tests and the test sandbox (keys sorted, as the kubelet does).
     Python's JSON string escaping agrees with Go's %q for printable text."""
+    import json  # noqa: PLC0415 - not needed to read the files
+
     return "".join(f"{k}={json.dumps(v, ensure_ascii=False)}\n" for k, v in sorted(entries.items()))

@@ -7,7 +7,6 @@ that message is shown verbatim to the user by `kubectl` (admission denial) or in
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 
 from .errors import InvalidValueError
 
@@ -54,6 +53,8 @@ def parse_quantity(key: str, value: str) -> int:
     match = _QUANTITY.match(value.strip())
     if match is None:
         raise InvalidValueError(key, value, QUANTITY_ALLOWED)
+    from decimal import Decimal, InvalidOperation  # noqa: PLC0415 - the agent rarely needs it
+
     try:
         number = Decimal(match["number"])
     except InvalidOperation as exc:  # pragma: no cover - the regex admits only digits
