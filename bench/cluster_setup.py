@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from podckpt.devtools.cluster import binaries
 from podckpt.devtools.cluster.cluster import Cluster
@@ -45,7 +46,7 @@ def machine() -> str:
     )
 
 
-def cold_build() -> dict[str, float]:
+def cold_build() -> dict[str, Any]:
     """Rebuild from the proxy with empty Go caches, into a throw-away cache dir."""
     with tempfile.TemporaryDirectory(prefix="podckpt-cold-") as tmp:
         env = {
@@ -129,7 +130,15 @@ def main() -> None:
         r = warm_run()
         print(f"run {i + 1}: {json.dumps({k: round(v, 2) for k, v in r.items()})}")
         runs.append(r)
-    cold = cold_build() if args.cold else None
+    cold_file = binaries.cache_root() / "kubernetes" / f"cold-build-{version}.json"
+    if args.cold:
+        cold = cold_build()
+        cold["measured"] = time.strftime("%Y-%m-%d")
+        cold_file.write_text(json.dumps(cold))
+    elif cold_file.is_file():
+        cold = json.loads(cold_file.read_text())  # the last --cold run on this machine
+    else:
+        cold = None
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
@@ -175,7 +184,8 @@ def main() -> None:
         )
     if cold:
         lines.append(
-            f"| cold build, empty Go caches, from the proxy | {cold['seconds']:.0f} s "
+            f"| cold build, empty Go caches, from the proxy (measured {cold.get('measured')}) "
+            f"| {cold['seconds']:.0f} s "
             f"(largest process {cold['peak_single_process_mb']:.0f} MB) | |"
         )
     if cold:
