@@ -38,16 +38,42 @@ class DumpOutcome:
     bytes: int
 
 
-def check_supported(root: int) -> None:
-    """Refuse, in one clear line, what CRIU would refuse with a cryptic one."""
+def check_supported(root: int) -> tuple[int, int]:
+    """Refuse, in one clear line, what CRIU would refuse with a cryptic one. Returns the one
+    (uid, gid) every process of the tree runs as: CRIU's dump runs as that user (asuser.py)."""
     members = proctree.members(root)
-    users = {proctree.uids(pid)[1] for pid in members if proctree.uids(pid)}
+    users: set[int] = set()
+    groups: set[int] = set()
+    for pid in members:
+        users.update(proctree.uids(pid)[:3])  # real, effective, saved: what prlimit compares
+        groups.update(proctree.gids(pid)[:3])
     if len(users) > 1:
         raise UnsupportedProcessError(
             "the application's processes run as different users (uids "
             + ", ".join(map(str, sorted(users)))
             + "): CRIU cannot checkpoint such a tree from inside the container"
         )
+    if len(groups) > 1:
+        raise UnsupportedProcessError(
+            "the application's processes run with different groups (gids "
+            + ", ".join(map(str, sorted(groups)))
+            + "): CRIU cannot checkpoint such a tree from inside the container"
+        )
+    uid, gid = (users.pop() if users else 0, groups.pop() if groups else 0)
+    with _reading_proc_of(uid, gid):
+        _check_members(members)
+    return uid, gid
+
+
+def _reading_proc_of(uid: int, gid: int) -> contextlib.AbstractContextManager[None]:
+    if (uid, gid) == (0, 0):
+        return contextlib.nullcontext()
+    from . import asuser  # noqa: PLC0415 - ctypes, only for applications not run as root
+
+    return asuser.reading_proc_of(uid, gid)
+
+
+def _check_members(members: list[int]) -> None:
     own_ipc = _ns("self", "ipc")
     for pid in members:
         for fd in _list(f"/proc/{pid}/fd"):
@@ -103,9 +129,19 @@ def dump(
     timer = Timer()
     store = ctx.store
     with store.lock():
-        check_supported(root)
+        uid, gid = check_supported(root)
+        as_user = (uid, gid) != (0, 0)
+        preexec = None
+        if as_user:
+            from . import asuser  # noqa: PLC0415 - ctypes, only for applications not run as root
+
+            asuser.check(uid, gid)
+            preexec = asuser.preexec(uid, gid)
+        # CRIU as another user than root runs in its unprivileged mode only.
+        privileged = ctx.privileged and not as_user
         gen = store.begin()
-        stdio = stdio_identities(root)
+        with _reading_proc_of(uid, gid):
+            stdio = stdio_identities(root)
         stopped = False
         try:
             try:
@@ -115,10 +151,11 @@ def dump(
                     criu.dump_args(
                         root,
                         gen.images,
-                        privileged=ctx.privileged,
+                        privileged=privileged,
                         irmap_scan_paths=settings.irmap_scan_paths,
                     ),
                     gen.path / "dump.log",
+                    preexec=preexec,
                 )
             except CriuFailedError as exc:
                 raise _explain_full(ctx, exc) from exc
@@ -131,12 +168,14 @@ def dump(
                 reason=reason,
                 generation=gen.name,
                 pid=root,
+                criu_user=f"{uid}:{gid}" if as_user else None,
                 criu=result.stats,
             )
-            members = proctree.members(root)
-            found, dirs = files.open_files(
-                members, exclude=ctx.exclude, changed_since=ctx.lineage_start
-            )
+            with _reading_proc_of(uid, gid):
+                members = proctree.members(root)
+                found, dirs = files.open_files(
+                    members, exclude=ctx.exclude, changed_since=ctx.lineage_start
+                )
             extra_files, extra_dirs = files.expand(settings.files)
             saved = files.save([*found, *extra_files], [*dirs, *extra_dirs], gen.path)
             stopped_s = result.stats.get("frozen_time_us", 0) / 1e6 + stopped_timer.elapsed()
@@ -150,7 +189,8 @@ def dump(
                     "reason": reason,
                     "agent_version": AGENT_VERSION,
                     "criu_version": ctx.criu.version_text,
-                    "criu_privileged": ctx.privileged,
+                    "criu_privileged": privileged,
+                    "criu_user": [uid, gid] if as_user else None,
                     "root_pid": root,
                     "stdio": stdio,
                     "lineage_start": ctx.lineage_start,

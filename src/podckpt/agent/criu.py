@@ -17,7 +17,7 @@ from .log import Timer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
 #: Kernel 6.16+ refuses socket options CRIU < 4.2 reads (CRIU issue #2705); 4.1 cannot dump
@@ -167,10 +167,12 @@ def run(
     *,
     pass_fds: Sequence[int] = (),
     timeout: float | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> CriuResult:
     """Run `criu ACTION ARGS -o LOG -v4 --display-stats`; raise on failure, return statistics.
 
     CRIU's stdout/stderr are captured (never the container's): its statistics come from there.
+    `preexec` runs in the child before the exec (asuser.preexec: CRIU as the application's user).
     """
     import subprocess  # noqa: PLC0415 - not needed before the application starts
 
@@ -186,8 +188,9 @@ def run(
             pass_fds=tuple(pass_fds),
             timeout=timeout,
             check=False,
+            preexec_fn=preexec,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         raise CriuRunError(f"cannot run criu {action}: {exc}") from exc
     if done.returncode != 0:
         tail = (

@@ -81,9 +81,18 @@ def kill_tree(root: int) -> None:
 
 def uids(pid: int) -> tuple[int, ...]:
     """Real, effective, saved and filesystem uids of a process."""
+    return _ids(pid, "Uid:")
+
+
+def gids(pid: int) -> tuple[int, ...]:
+    """Real, effective, saved and filesystem gids of a process."""
+    return _ids(pid, "Gid:")
+
+
+def _ids(pid: int, field: str) -> tuple[int, ...]:
     try:
         for line in (PROC / str(pid) / "status").read_text().splitlines():
-            if line.startswith("Uid:"):
+            if line.startswith(field):
                 return tuple(int(v) for v in line.split()[1:])
     except OSError:
         pass

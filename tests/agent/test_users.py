@@ -1,0 +1,60 @@
+"""Applications that run as a non-root user: CRIU's dump runs as that user (asuser.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from agent_harness import AgentHarness, phases, stop_and_wait
+from test_environment import RUNTIME_DEFAULT
+
+from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
+from podckpt.devtools.sandbox import Sandbox, wait_for
+
+pytestmark = pytest.mark.criu
+
+CAPS = sorted({*RUNTIME_DEFAULT, *REQUIRED_CAPABILITIES})
+LINE = r"^count (\d+) uid (\d+) gid (\d+)$"
+
+
+def _lines(sandbox: Sandbox) -> list[tuple[int, int, int]]:
+    found = re.findall(LINE, sandbox.stdout_text(), re.MULTILINE)
+    return [(int(n), int(u), int(g)) for n, u, g in found]
+
+
+def _wait_lines(sandbox: Sandbox, minimum: int) -> list[tuple[int, int, int]]:
+    assert wait_for(lambda: len(_lines(sandbox)) >= minimum, 20), sandbox.stderr_text()[-2000:]
+    return _lines(sandbox)
+
+
+def test_application_running_as_another_user_is_checkpointed_and_restored(
+    agent: AgentHarness,
+) -> None:
+    # Started as root by the agent, the application becomes 1000:1000 (as gosu/su-exec do).
+    argv = ["python3", "/apps/user_counter.py", "--as", "1000:1000"]
+    first = agent.start(argv, capabilities=CAPS)
+    seen = _wait_lines(first, 5)
+    assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
+    assert stop_and_wait(first) == 0, first.stderr_text()[-2000:]
+    dump = phases(first, "dump", "ok")
+    assert dump, first.stderr_text()[-2000:]
+    assert dump[0]["criu_user"] == "1000:1000"
+    reached = _lines(first)[-1][0]
+
+    second = agent.start(argv, capabilities=CAPS)
+    seen = _wait_lines(second, 5)
+    assert phases(second, "restore", "ok"), second.stderr_text()[-2000:]
+    assert seen[0][0] == reached + 1
+    assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
+    assert stop_and_wait(second) == 0
+
+
+def test_tree_of_several_users_is_refused_in_one_line(agent: AgentHarness) -> None:
+    box = agent.start(["python3", "/apps/mixed_users.py"], capabilities=CAPS)
+    assert wait_for(lambda: "ready" in box.stdout_text(), 20), box.stderr_text()
+    # The dump is refused; the application gets its SIGTERM and exits by itself (code 0).
+    assert stop_and_wait(box) == 0
+    failed = phases(box, "dump", "failed")
+    assert failed, box.stderr_text()[-2000:]
+    assert "different users (uids 0, 1000)" in failed[0]["error"]
+    assert agent.latest() is None
