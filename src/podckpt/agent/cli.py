@@ -25,9 +25,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     started = time.monotonic()
     args = list(sys.argv[1:] if argv is None else argv)
     early = pids.early_floor() if surely_fresh(args) else None
+    from . import log  # noqa: PLC0415 - after the floor started rising
     from .runner import main as run_main  # noqa: PLC0415 - imported while the floor rises
 
-    run_main(args, started, early)
+    try:
+        run_main(args, started, early)
+    finally:
+        log.write_termination_message()
 
 
 def surely_fresh(args: Sequence[str]) -> bool:

@@ -7,6 +7,7 @@ under `criu`. JSON because log pipelines parse it; one line because a phase is o
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 _STDERR = 2
+
+#: The kubelet's default `terminationMessagePath`; it exists only inside a pod.
+TERMINATION_LOG = os.environ.get("PODCKPT_TERMINATION_LOG", "/dev/termination-log")
+#: The kubelet keeps at most 4096 bytes of a termination message.
+TERMINATION_LIMIT = 4096
+_recent: collections.deque[str] = collections.deque(maxlen=64)
 
 
 def emit(phase: str, outcome: str, duration_s: float | None = None, **fields: Any) -> None:
@@ -33,6 +40,7 @@ def emit(phase: str, outcome: str, duration_s: float | None = None, **fields: An
         record["duration_s"] = round(duration_s, 4)
     record.update({k: v for k, v in fields.items() if v is not None})
     line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
+    _recent.append(line)
     try:
         os.write(_STDERR, line.encode())
     except OSError:
@@ -48,3 +56,25 @@ class Timer:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
+
+
+def termination_message(limit: int = TERMINATION_LIMIT) -> str:
+    """The newest lines that fit in `limit` bytes, oldest first."""
+    kept: list[str] = []
+    size = 0
+    for line in reversed(_recent):
+        size += len(line.encode())
+        if size > limit:
+            break
+        kept.append(line)
+    return "".join(reversed(kept))
+
+
+def write_termination_message(path: str = TERMINATION_LOG) -> None:
+    """Leave the last phase lines (the checkpoint's commit, or why it failed) in the
+    container's termination message, where the controller reads them after the pod's log is
+    gone. Written only where the kubelet provides the file; never raises."""
+    if not _recent or not os.path.exists(path):
+        return
+    with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as file:
+        file.write(termination_message())
