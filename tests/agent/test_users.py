@@ -58,3 +58,29 @@ def test_tree_of_several_users_is_refused_in_one_line(agent: AgentHarness) -> No
     assert failed, box.stderr_text()[-2000:]
     assert "different users (uids 0, 1000)" in failed[0]["error"]
     assert agent.latest() is None
+
+
+def test_container_user_handed_over_by_the_webhook_runs_the_application(
+    agent: AgentHarness,
+) -> None:
+    # The webhook runs the agent as root and passes the container's runAsUser/runAsGroup in
+    # PODCKPT_APP_UID/GID: the application itself must run as that user, without capabilities.
+    env = {"PODCKPT_APP_UID": "1000", "PODCKPT_APP_GID": "1000"}
+    argv = ["python3", "/apps/user_counter.py"]
+    first = agent.start(argv, capabilities=CAPS, env=env)
+    seen = _wait_lines(first, 5)
+    assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
+    pid = first.exec(["pgrep", "-o", "-u", "1000", "python3"]).stdout.split()[0].decode()
+    status = first.exec(["cat", f"/proc/{pid}/status"]).stdout.decode()
+    assert re.search(r"^CapEff:\s+0+$", status, re.MULTILINE), status
+    assert "PODCKPT_APP_UID" not in first.exec(["cat", f"/proc/{pid}/environ"]).stdout.decode()
+    assert stop_and_wait(first) == 0, first.stderr_text()[-2000:]
+    assert phases(first, "dump", "ok")[0]["criu_user"] == "1000:1000"
+    reached = _lines(first)[-1][0]
+
+    second = agent.start(argv, capabilities=CAPS, env=env)
+    seen = _wait_lines(second, 5)
+    assert phases(second, "restore", "ok"), second.stderr_text()[-2000:]
+    assert seen[0][0] == reached + 1
+    assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
+    assert stop_and_wait(second) == 0

@@ -30,9 +30,7 @@ _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_RAISE = 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-#: Switching to the application's user needs CAP_SETUID/CAP_SETGID; CRIU, as that user, then
-#: writes images into the agent's store and the agent reads them back: CAP_DAC_OVERRIDE.
-NEEDED_FOR_USER_DUMP: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE")
+NEEDED_FOR_USER_DUMP = capabilities.USER_DUMP_CAPABILITIES
 
 
 class _CapHeader(ctypes.Structure):

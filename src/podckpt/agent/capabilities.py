@@ -43,6 +43,11 @@ REQUIRED_CAPABILITIES: tuple[str, ...] = (
     "CAP_SETPCAP",
 )
 
+#: Also needed when the application runs as a non-root user: switching to that user for
+#: CRIU's dump needs CAP_SETUID/CAP_SETGID; CRIU, as that user, writes images into the agent's
+#: store and the agent reads them back: CAP_DAC_OVERRIDE (asuser.py).
+USER_DUMP_CAPABILITIES: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE")
+
 #: With all of these CRIU runs in its privileged mode (no `--unprivileged`), which also
 #: suspends seccomp filters and restores time namespaces.
 PRIVILEGED_CRIU_CAPABILITIES: tuple[str, ...] = (

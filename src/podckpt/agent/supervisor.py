@@ -87,6 +87,23 @@ def stdio_actions() -> list[tuple[Any, ...]]:
     return actions
 
 
+def application_user() -> tuple[int, int] | None:
+    """(uid, gid) the application must run as, from the webhook's hand-over; None: as the
+    agent (root). A gid alone keeps uid 0, as `runAsGroup` alone does."""
+    uid_text = os.environ.get("PODCKPT_APP_UID", "")
+    gid_text = os.environ.get("PODCKPT_APP_GID", "")
+    if not uid_text and not gid_text:
+        return None
+    try:
+        uid = int(uid_text or 0)
+        gid = int(gid_text or uid)
+    except ValueError:
+        raise AgentError(
+            f"PODCKPT_APP_UID={uid_text!r} PODCKPT_APP_GID={gid_text!r}: not numeric ids"
+        ) from None
+    return uid, gid
+
+
 def application_env() -> dict[str, str]:
     """The container's environment, without the agent's own variables."""
     return {k: v for k, v in os.environ.items() if k not in AGENT_ONLY_ENV}
@@ -125,6 +142,8 @@ class Supervisor:
         self.checkpointed = False
         self._wake_r, self._wake_w = os.pipe()
         self._control: socket.socket | None = None
+        #: subprocess.Popen of an application started as another user (see _spawn_as).
+        self._app_process: Any = None
         self._next_periodic: float | None = None
         #: Started by the CLI when a fresh start is certain (no checkpoint to restore).
         self.early_floor: pids.EarlyFloor | None = None
@@ -183,17 +202,21 @@ class Supervisor:
 
     def start_fresh(self) -> None:
         timer = Timer()
+        user = application_user()
         floor = self.early_floor.result() if self.early_floor else pids.raise_floor()
         try:
-            self.root = os.posix_spawnp(
-                self.argv[0],
-                self.argv,
-                application_env(),
-                file_actions=stdio_actions(),
-                setsid=True,
-                setsigdef=(*FORWARDED, signal.SIGCHLD, signal.SIGPIPE),
-                setsigmask=(),
-            )
+            if user is None:
+                self.root = os.posix_spawnp(
+                    self.argv[0],
+                    self.argv,
+                    application_env(),
+                    file_actions=stdio_actions(),
+                    setsid=True,
+                    setsigdef=(*FORWARDED, signal.SIGCHLD, signal.SIGPIPE),
+                    setsigmask=(),
+                )
+            else:
+                self.root = self._spawn_as(user)
         except OSError as exc:
             raise AgentError(f"cannot start {self.argv[0]}: {exc.strerror}") from exc
         log.emit(
@@ -206,6 +229,47 @@ class Supervisor:
             since_process_start_s=process_age(),
             pid_floor=floor.as_dict(),
         )
+
+    def _spawn_as(self, user: tuple[int, int]) -> int:
+        """Start the application as the user its container asked for.
+
+        The webhook runs the agent as root (CRIU needs it) and hands the container's
+        `runAsUser`/`runAsGroup` over in PODCKPT_APP_UID/GID; the application must still run
+        as that user, with no capabilities, as it would have without podckpt. posix_spawn
+        cannot change credentials, so this is subprocess's fork + exec. The supplementary
+        groups the runtime gave the agent (the pod's supplementalGroups and fsGroup) are kept.
+        """
+        import subprocess  # noqa: PLC0415 - only for applications of another user
+
+        uid, gid = user
+        stdio: list[int | None] = [None, None, None]
+        opened: list[int] = []
+        for action in stdio_actions():
+            _, fd, path, flags, _mode = action
+            reopened = os.open(path, flags)
+            stdio[fd] = reopened
+            opened.append(reopened)
+        try:
+            process = subprocess.Popen(
+                self.argv,
+                env=application_env(),
+                stdin=stdio[0],
+                stdout=stdio[1],
+                stderr=stdio[2],
+                close_fds=False,
+                start_new_session=True,
+                restore_signals=True,
+                user=uid,
+                group=gid,
+                extra_groups=[g for g in os.getgroups() if g != 0],
+            )
+        finally:
+            for fd in opened:
+                os.close(fd)
+        # The supervisor reaps every child with waitpid(-1); the Popen object is kept alive
+        # so that subprocess never polls (and reaps) the application behind our back.
+        self._app_process = process
+        return process.pid
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
+from podckpt.agent.capabilities import USER_DUMP_CAPABILITIES
 from podckpt.api import (
     CheckpointSettings,
     InvalidValueError,
@@ -367,17 +368,21 @@ def _wrap(
     container["env"] = env
 
     security = container.setdefault("securityContext", {})
-    capabilities = security.setdefault("capabilities", {})
-    add = list(capabilities.get("add") or ())
-    add += [cap for cap in op.agent_capabilities if cap not in add]
-    capabilities["add"] = add
-    if capabilities.get("drop"):
-        capabilities["drop"] = [c for c in capabilities["drop"] if c not in op.agent_capabilities]
-    security["seccompProfile"] = {"type": "Unconfined"}
     # The agent runs as root; the user the application ran as is handed to it, so that it
-    # can run the application (and CRIU's dump) under that user.
+    # can run the application (and CRIU's dump) under that user, which needs more
+    # capabilities (for the agent only: the application gets none, as a non-root process).
     original_user = security.get("runAsUser", pod_security.get("runAsUser"))
     original_group = security.get("runAsGroup", pod_security.get("runAsGroup"))
+    needed = list(op.agent_capabilities)
+    if original_user not in (None, 0) or original_group not in (None, 0):
+        needed += [c.removeprefix("CAP_") for c in USER_DUMP_CAPABILITIES]
+    capabilities = security.setdefault("capabilities", {})
+    add = list(capabilities.get("add") or ())
+    add += [cap for cap in needed if cap not in add]
+    capabilities["add"] = add
+    if capabilities.get("drop"):
+        capabilities["drop"] = [c for c in capabilities["drop"] if c not in needed]
+    security["seccompProfile"] = {"type": "Unconfined"}
     if original_user not in (None, 0):
         env.append({"name": "PODCKPT_APP_UID", "value": str(original_user)})
     if original_group not in (None, 0):

@@ -259,6 +259,8 @@ def test_injected_pod(make_pod: Any, op: OperatorSettings) -> None:
     assert app["args"] == ["/entry", "--port", "80"]
     security = app["securityContext"]
     assert set(op.agent_capabilities) <= set(security["capabilities"]["add"])
+    # A non-root application: the agent dumps it as that user (SETUID, SETGID, DAC_OVERRIDE).
+    assert {"SETUID", "SETGID", "DAC_OVERRIDE"} <= set(security["capabilities"]["add"])
     assert security["capabilities"]["drop"] == ["ALL"]
     assert security["seccompProfile"] == {"type": "Unconfined"}
     assert "privileged" not in security
