@@ -130,3 +130,28 @@ def test_checkpoint_on_request_and_periodic_while_the_app_runs(agent: AgentHarne
     restored = wait_count(second, 3)
     assert at_periodic - 40 < restored[0] <= at_periodic + 1, (restored[0], at_periodic)
     assert re.search(r"count 1\n", second.stdout_text()) is None
+
+
+def test_checkpoint_of_another_image_or_command_is_not_restored(agent: AgentHarness) -> None:
+    # A rolling update: the new container runs another image; resuming the old program over
+    # the new image's files would be wrong, so it starts fresh and the log says why.
+    first = agent.start(["python3", "/apps/counter.py"], env={"PODCKPT_IMAGE": "reg/app:1"})
+    wait_count(first, 5)
+    assert stop_and_wait(first) == 0
+    assert agent.latest() is not None
+
+    second = agent.start(["python3", "/apps/counter.py"], env={"PODCKPT_IMAGE": "reg/app:2"})
+    wait_count(second, 3)
+    assert counts(second)[0] == 1  # fresh, not resumed
+    failed = phases(second, "restore", "failed")
+    assert failed, second.stderr_text()[-2000:]
+    assert "dumped from image 'reg/app:1', this container runs 'reg/app:2'" in failed[0]["error"]
+    assert phases(second, "fresh-start", "ok")
+    assert stop_and_wait(second) == 0
+
+    # Same image, other argv: also not the same program.
+    third = agent.start(["python3", "/apps/counter.py", "0.05"], env={"PODCKPT_IMAGE": "reg/app:2"})
+    wait_count(third, 3)
+    assert counts(third)[0] == 1
+    assert "dumped from argv" in phases(third, "restore", "failed")[0]["error"]
+    assert stop_and_wait(third) == 0

@@ -194,6 +194,7 @@ def dump(
                     "root_pid": root,
                     "stdio": stdio,
                     "lineage_start": ctx.lineage_start,
+                    "workload": ctx.workload,
                     "saved_files": [e["path"] for e in saved if e["kind"] != "dir"],
                     "criu_stats": result.stats,
                 },

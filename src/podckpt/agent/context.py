@@ -20,6 +20,10 @@ class Context:
     #: Wall-clock time of the application's first (fresh) start, carried across restores: a
     #: root-filesystem file changed since then is in the writable layer and must be saved.
     lineage_start: float
+    #: What this container runs (argv, and the image when the webhook names it): a
+    #: generation dumped from something else is never restored into it (a rolling update
+    #: must not resume the old program over the new image's files).
+    workload: dict[str, object] = dataclasses.field(default_factory=dict)
     #: Where the restored tree's stdin/stdout/stderr come from (the agent's own, normally).
     stdio_fds: tuple[int, int, int] = (0, 1, 2)
 

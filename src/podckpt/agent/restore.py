@@ -57,10 +57,23 @@ def _compatible(ctx: Context, gen: Generation, manifest: dict[str, Any]) -> None
         )
 
 
+def _same_workload(ctx: Context, gen: Generation, manifest: dict[str, Any]) -> None:
+    dumped = manifest.get("workload")
+    if dumped is None or not ctx.workload:
+        return  # a manifest from before workloads were recorded
+    for key in ("image", "argv"):
+        if key in dumped and key in ctx.workload and dumped[key] != ctx.workload[key]:
+            raise GenerationInvalidError(
+                gen.name,
+                f"dumped from {key} {dumped[key]!r}, this container runs {ctx.workload[key]!r}",
+            )
+
+
 def try_restore(ctx: Context, gen: Generation) -> tuple[int, dict[str, Any]]:
     """Restore one generation; returns the root PID (running) and the manifest."""
     manifest = ctx.store.verify(gen)
     _compatible(ctx, gen, manifest)
+    _same_workload(ctx, gen, manifest)
     written = files.put_back(gen.path)
     pidfile = gen.path / "restore.pid"
     inherit = inherit_map(manifest.get("stdio", {}))

@@ -145,6 +145,8 @@ def run_command(
         ):
             early_floor = pids.early_floor()
         ctx = _prepare_criu(store, settings.mode)
+        if ctx is not None:
+            ctx.workload = workload_identity(argv)
     else:
         container = args.container or "app"
         early_floor = early_floor or pids.early_floor()
@@ -162,6 +164,15 @@ def run_command(
         fail(str(exc))
     supervisor.open_control()
     return supervisor.run()
+
+
+def workload_identity(argv: list[str]) -> dict[str, object]:
+    """The application's argv and, when the webhook hands it over, its container image."""
+    identity: dict[str, object] = {"argv": argv}
+    image = os.environ.get("PODCKPT_IMAGE")
+    if image:
+        identity["image"] = image
+    return identity
 
 
 def _prepare_criu(store: Store, enabled: bool) -> Context | None:

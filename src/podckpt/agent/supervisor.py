@@ -54,6 +54,7 @@ AGENT_ONLY_ENV = (
     "PODCKPT_CONTAINER",
     "PODCKPT_APP_UID",
     "PODCKPT_APP_GID",
+    "PODCKPT_IMAGE",
 )
 _DEV_NULL = os.makedev(1, 3)
 

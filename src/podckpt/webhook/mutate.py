@@ -367,6 +367,9 @@ def _wrap(
     ]
     container["env"] = env
 
+    # A checkpoint is restored only into a container of the same image and argv.
+    env.append({"name": "PODCKPT_IMAGE", "value": str(container.get("image", ""))})
+
     security = container.setdefault("securityContext", {})
     # The agent runs as root; the user the application ran as is handed to it, so that it
     # can run the application (and CRIU's dump) under that user, which needs more
