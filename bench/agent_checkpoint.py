@@ -18,41 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import report
+
 from podckpt.devtools.rootfs import criu_rootfs, criu_version
 from podckpt.devtools.sandbox import Bind, Sandbox, start_sandbox, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 APPS = ROOT / "tests" / "agent" / "apps"
-BEGIN, END = "<!-- agent:begin -->", "<!-- agent:end -->"
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "?",
-    )
-    mem_gib = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
-    return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, kernel {platform.release()}"
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def lines(box: Sandbox, phase: str, outcome: str = "ok") -> list[dict[str, Any]]:
@@ -114,7 +93,7 @@ def one_run(rootfs: Path, mib: int, base: Path) -> dict[str, float]:
                 shutil.rmtree(gen_dir, ignore_errors=True)
                 shutil.copytree(store / "saved-warm", gen_dir)
                 (store / "app" / "LATEST").write_text(generation + "\n")
-                drop_caches()
+                report.drop_caches()
             box = start(rootfs, store, mib)
             try:
                 assert wait_for(lambda b=box: lines(b, "restore"), 120), box.stderr_text()
@@ -131,16 +110,6 @@ def one_run(rootfs: Path, mib: int, base: Path) -> dict[str, float]:
 def fmt(values: list[float], unit: float = 1000.0) -> str:
     med = statistics.median(values) * unit
     return f"{med:.0f} (min {min(values) * unit:.0f}, max {max(values) * unit:.0f})"
-
-
-def write_section(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: section, doc, flags=re.S)
-    else:
-        doc = doc.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(doc)
 
 
 def main() -> None:
@@ -163,7 +132,8 @@ def main() -> None:
     out = [
         "## Agent",
         "",
-        f"Machine: {machine()}. Load average {load_before:.1f} before, {load_after:.1f} after."
+        f"Machine: {report.machine()}."
+        f" Load average {load_before:.1f} before, {load_after:.1f} after."
         f" CRIU {criu_version(rootfs)}, store on ext4 (root disk), the agent from `src/` in the"
         " CRIU sandbox (privileged CRIU mode). Command: `.venv/bin/python"
         f" bench/agent_checkpoint.py --runs {args.runs} --sizes {args.sizes}`."
@@ -193,7 +163,7 @@ def main() -> None:
         " still hand it SIGTERM), which is why SIGTERM → exit includes the commit. A restore"
         " verifies every checksum before CRIU runs: about half of a warm restore is sha256.",
     ]
-    write_section("\n".join(out))
+    report.write_section("agent", "\n".join(out))
     print("\n".join(out))
 
 

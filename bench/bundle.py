@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import report
 
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
 from podckpt.bundle import MOUNT_PATH, build_bundle
@@ -40,26 +40,6 @@ from podckpt.bundle.roots import COUNTER, busybox_root
 from podckpt.devtools.sandbox import Bind, start_sandbox, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bundle:begin -->", "<!-- bundle:end -->"
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "?",
-    )
-    mem_gib = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
-    return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, kernel {platform.release()}"
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def time_copy(bundle: Path, dest_parent: Path, cold: bool) -> float:
@@ -67,7 +47,7 @@ def time_copy(bundle: Path, dest_parent: Path, cold: bool) -> float:
     if dest.exists():
         shutil.rmtree(dest)
     if cold:
-        drop_caches()
+        report.drop_caches()
     t = time.monotonic()
     subprocess.run([str(bundle / "bin/podckpt-agent"), "install", "--to", str(dest)], check=True)
     elapsed = time.monotonic() - t
@@ -107,7 +87,7 @@ def start_once(bundle: Path, root: Path, cold: bool) -> float:
             subprocess.run(
                 [str(bundle / "bin/podckpt-agent"), "install", "--to", str(installed)], check=True
             )
-            drop_caches()
+            report.drop_caches()
         else:
             installed = bundle
         argv = [
@@ -198,16 +178,6 @@ def python_start(bundle: Path, runs: int) -> dict[str, list[float]]:
     }
 
 
-def write_section(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: section, doc, flags=re.S)
-    else:
-        doc = doc.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(doc)
-
-
 def fmt(values: list[float], unit: float = 1000.0) -> str:
     med = statistics.median(values) * unit
     return f"{med:.0f} (min {min(values) * unit:.0f}, max {max(values) * unit:.0f})"
@@ -264,7 +234,8 @@ def main() -> None:
     lines = [
         "## Bundle",
         "",
-        f"Machine: {machine()}. Load average {load_before:.1f} before, {load_after:.1f} after"
+        f"Machine: {report.machine()}."
+        f" Load average {load_before:.1f} before, {load_after:.1f} after"
         " (other work shared the 2 cores). Command: `.venv/bin/python bench/bundle.py"
         f" --runs {args.runs}`. Times in ms: median (min, max) of {args.runs} runs.",
         f"Bundle {bundle.name}.",
@@ -297,7 +268,7 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    write_section(text)
+    report.write_section("bundle", text)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import report
+
 from podckpt.devtools.cluster import binaries
 from podckpt.devtools.cluster.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- cluster-setup:begin -->", "<!-- cluster-setup:end -->"
 
 
 def machine() -> str:
@@ -97,16 +97,6 @@ def warm_run() -> dict[str, float]:
         }
     finally:
         c.down()
-
-
-def write_section(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: section, doc, flags=re.S)
-    else:
-        doc = doc.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(doc)
 
 
 def main() -> None:
@@ -202,7 +192,7 @@ def main() -> None:
         )
         + ".",
     ]
-    write_section("\n".join(lines))
+    report.write_section("cluster-setup", "\n".join(lines))
     print("\n".join(lines))
 
 

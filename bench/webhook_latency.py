@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import report
 import yaml
 from kubernetes import client
 
@@ -39,8 +40,6 @@ from podckpt.devtools.cluster.cluster import Cluster
 from podckpt.devtools.operator_harness import Operator, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- operator:begin -->", "<!-- operator:end -->"
 WEBHOOK = "opt-in.pods.podckpt.io"
 
 
@@ -315,7 +314,7 @@ def main() -> int:
     section = render(args, runs, rss)
     print(section)
     if not args.no_write:
-        write_section(section)
+        report.write_section("operator", section)
     return 0
 
 
@@ -325,7 +324,6 @@ def render(
     del args
     mib = 2**20
     lines = [
-        BEGIN,
         "## Operator",
         "",
         f"Measured by `bench/webhook_latency.py` on {time.strftime('%Y-%m-%d')}: a fresh"
@@ -398,19 +396,7 @@ def render(
                 f"| {name} | {rss['before'].get(name, 0) / mib:.0f} MiB |"
                 f" {rss['after'].get(name, 0) / mib:.0f} MiB | ≤ 150 MB |"
             )
-    lines += ["", END]
     return "\n".join(lines)
-
-
-def write_section(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
 
 
 if __name__ == "__main__":
