@@ -59,7 +59,7 @@ def service_names(service: str, namespace: str) -> list[str]:
     ]
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -67,21 +67,24 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def generate(names: Iterable[str], *, now: datetime.datetime | None = None) -> CertBundle:
-    """A fresh CA and a serving certificate for `names` (DNS names or IP addresses)."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    names = list(names)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "podckpt-webhook-ca")])
-    ca = (
+def self_signed_ca(
+    name: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    validity: datetime.timedelta,
+    now: datetime.datetime,
+    path_length: int | None = 0,
+) -> x509.Certificate:
+    """A CA certificate that may only sign certificates (and CRLs)."""
+    return (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -96,15 +99,31 @@ def generate(names: Iterable[str], *, now: datetime.datetime | None = None) -> C
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
+
+
+def subject_alt_names(names: Iterable[str]) -> list[x509.GeneralName]:
+    """IP addresses as IP SANs, everything else as DNS names."""
     sans: list[x509.GeneralName] = []
     for name in names:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             sans.append(x509.DNSName(name))
+    return sans
+
+
+def generate(names: Iterable[str], *, now: datetime.datetime | None = None) -> CertBundle:
+    """A fresh CA and a serving certificate for `names` (DNS names or IP addresses)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    names = list(names)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "podckpt-webhook-ca")])
+    ca = self_signed_ca(ca_name, ca_key, validity=VALIDITY, now=now)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = subject_alt_names(names)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
@@ -123,7 +142,7 @@ def generate(names: Iterable[str], *, now: datetime.datetime | None = None) -> C
     return CertBundle(
         ca.public_bytes(serialization.Encoding.PEM),
         cert.public_bytes(serialization.Encoding.PEM),
-        _pem_key(key),
+        pem_key(key),
     )
 
 

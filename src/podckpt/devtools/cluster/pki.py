@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from podckpt.certs import self_signed_ca, subject_alt_names
+
 _VALIDITY = datetime.timedelta(days=365)
 
 
@@ -64,32 +66,7 @@ class CertificateAuthority:
             return
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(_name(name))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
+        cert = self_signed_ca(_name(name), key, validity=_VALIDITY, now=now, path_length=None)
         _write_key(key, self.pair.key)
         self.pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         self._key = key
@@ -152,8 +129,7 @@ class CertificateAuthority:
             )
         )
         if dns or ips:
-            names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-            names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            names = subject_alt_names((*dns, *ips))
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())  # type: ignore[arg-type]
         _write_key(key, pair.key)
