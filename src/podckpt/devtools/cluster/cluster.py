@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -345,6 +346,10 @@ class Cluster:
                     # Loopback may not be the `kubernetes` Service's endpoint; nothing in
                     # the tests reaches the apiserver through that Service.
                     "--endpoint-reconciler-type=none",
+                    # No kube-proxy: webhooks (and aggregated APIs) behind a Service are
+                    # called at the Service's endpoint (the pod IP on the bridge), not at its
+                    # ClusterIP, which leads nowhere here.
+                    "--enable-aggregator-routing=true",
                     "--profiling=false",
                     "--v=1",
                 ],
@@ -472,6 +477,7 @@ subjects:
             self._start_scheduler(bin_dir)
             self._start_registry()
             node.create_bridge(st.bridge, st.node_ip, subnet.prefixlen)
+            self._start_apiserver_forward()
             cni_dir = self.state_dir / "cni"
             node.write_cni_config(
                 cni_dir / "net.d", cni_dir / "ipam", st.network, st.bridge, subnet
@@ -519,6 +525,21 @@ subjects:
             )
         )
         self._scheduler_proc = proc
+
+    def _start_apiserver_forward(self) -> None:
+        """The apiserver at https://<node IP>:443 for pods (in-cluster operators): see
+        `podckpt.devtools.cluster.forward`. 443 because kopf's service-account login uses
+        `https://kubernetes.default.svc` whatever the environment says."""
+        port = str(self.state.ports["apiserver"])
+        argv = [sys.executable, "-m", "podckpt.devtools.cluster.forward"]
+        argv += [self.state.node_ip, "443", "127.0.0.1", port]
+        proc = self._started(components.start("apiserver-forward", argv, self.logs_dir))
+        components.wait_until(
+            "apiserver forward",
+            lambda: components.tcp_open(self.state.node_ip, 443),
+            10,
+            proc,
+        )
 
     def _start_registry(self) -> None:
         cfg = images.registry_config(self.state_dir, self.state.ports["registry"])
@@ -768,7 +789,8 @@ subjects:
             if st.ip_forward in ("0", "1"):
                 with contextlib.suppress(OSError):
                     Path("/proc/sys/net/ipv4/ip_forward").write_text(st.ip_forward)
-        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "registry"):
+        names = ("apiserver-forward", "kube-scheduler", "kube-controller-manager", "kube-apiserver")
+        for name in (*names, "registry"):
             if name in procs:
                 procs.pop(name).stop(timeout=10)
         for p in procs.values():  # etcd last: the apiserver needs it to shut down cleanly

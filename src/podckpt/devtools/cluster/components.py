@@ -178,6 +178,15 @@ def http_ok(url: str, *, context: ssl.SSLContext | None = None, expect: str = ""
         return False
 
 
+def tcp_open(host: str, port: int) -> bool:
+    """True when something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def insecure_context() -> ssl.SSLContext:
     """TLS without verification: only for the health ports of our own components on
     127.0.0.1, which serve throw-away self-signed certificates."""
