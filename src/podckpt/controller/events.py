@@ -94,6 +94,18 @@ def to_event(container: str, record: dict[str, Any]) -> PodEvent | None:
     return None
 
 
+def start_decided(text: str) -> bool:
+    """Whether a log head already says how the container started: restored, fresh, failed.
+
+    The kubelet reports a container running before its agent has restored anything, so a
+    head read at that moment may hold no outcome yet."""
+    for record in agent_lines(text):
+        phase, outcome = record.get("phase"), record.get("outcome")
+        if phase in ("fresh-start", "start") or (phase == "restore" and outcome != "failed"):
+            return True
+    return False
+
+
 def events_from(container: str, text: str) -> list[PodEvent]:
     return [e for e in (to_event(container, r) for r in agent_lines(text)) if e is not None]
 

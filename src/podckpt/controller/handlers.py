@@ -159,6 +159,10 @@ async def ensure_claim(
     state.claims.add((namespace, claim))
 
 
+#: Seconds between reads of a started container's log head (~30 s in all).
+LOG_HEAD_RETRY_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
 async def _report_agent(state: ControllerState, body: kopf.Body) -> None:
     """Events from the agent: termination messages (checkpoints) and log heads (restores)."""
     op = state.op
@@ -175,10 +179,16 @@ async def _report_agent(state: ControllerState, body: kopf.Body) -> None:
         if not state.seen.add((uid, container, instance, "started")):
             continue
         path = namespaced("pods", body.metadata.namespace or "", body.metadata.name) + "/log"
+        text = ""
         try:
-            text = await state.api.get_text(
-                path, container=container, limitBytes=str(op.agent_log_head_bytes)
-            )
+            # Running comes before the agent's restore line: read again until it is there.
+            for delay in LOG_HEAD_RETRY_DELAYS:
+                await asyncio.sleep(delay)
+                text = await state.api.get_text(
+                    path, container=container, limitBytes=str(op.agent_log_head_bytes)
+                )
+                if events.start_decided(text):
+                    break
         except ApiError as exc:
             logger.info("no log of %s/%s: %s", body.metadata.name, container, exc)
             continue

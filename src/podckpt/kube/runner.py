@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import Any
 
 import kopf
+from kopf._core.engines.peering import Identity
 
 from podckpt.operator_settings import OperatorSettings
 
@@ -72,6 +75,9 @@ def run(
             memo=memo,
             clusterwide=True,
             standalone=True,
+            # kopf's default identity asks getpass.getuser(), which fails for a uid without a
+            # passwd entry (the image runs as 65532 and has none). Peering is off anyway.
+            identity=Identity(f"{socket.gethostname()}@{os.getpid()}"),
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )

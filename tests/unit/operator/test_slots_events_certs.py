@@ -123,3 +123,21 @@ def test_certificate_for_other_names_or_expiring_is_not_usable() -> None:
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3640)
     assert not certs.usable(bundle, ["a.svc"], now=later)
     assert not certs.usable(certs.CertBundle(b"x", b"y", b"z"), ["a.svc"])
+
+
+def test_a_log_head_without_a_start_outcome_is_read_again() -> None:
+    def line(phase: str, outcome: str) -> str:
+        return json.dumps({"agent": "podckpt", "phase": phase, "outcome": outcome})
+
+    assert not events.start_decided("")
+    assert not events.start_decided(line("settings", "warning"))
+    assert not events.start_decided(line("restore", "failed"))  # older generations follow
+    for phase, outcome in (
+        ("restore", "ok"),
+        ("restore", "fallback-fresh"),
+        ("restore", "skipped"),
+        ("fresh-start", "ok"),
+        ("start", "failed"),
+        ("start", "dormant"),
+    ):
+        assert events.start_decided("app output\n" + line(phase, outcome)), (phase, outcome)
