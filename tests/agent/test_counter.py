@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from agent_harness import AgentHarness, counts, phases, stop_and_wait, wait_count
 
+from podckpt.agent.exitcodes import CHECKPOINTED
+
 pytestmark = pytest.mark.criu
 
 
@@ -12,7 +14,7 @@ def test_counter_continues_across_two_container_deaths(agent: AgentHarness) -> N
     first = agent.start(["python3", "/apps/counter.py"])
     wait_count(first, 10)
     assert phases(first, "fresh-start", "ok")
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
     reached = counts(first)[-1]
     gen1 = agent.latest()
     assert gen1 is not None
@@ -24,7 +26,7 @@ def test_counter_continues_across_two_container_deaths(agent: AgentHarness) -> N
     restore = phases(second, "restore", "ok")
     assert restore
     assert restore[0]["generation"] == gen1
-    assert stop_and_wait(second) == 0
+    assert stop_and_wait(second) == CHECKPOINTED
     reached = counts(second)[-1]
 
     third = agent.start(["python3", "/apps/counter.py"])

@@ -7,6 +7,7 @@ from agent_harness import AgentHarness, counts, phases, stop_and_wait, wait_coun
 
 from podckpt.agent import exitcodes
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
+from podckpt.agent.exitcodes import CHECKPOINTED
 
 pytestmark = pytest.mark.criu
 
@@ -22,7 +23,7 @@ def test_runtime_default_capabilities_plus_required_are_enough(agent: AgentHarne
     caps = sorted({*RUNTIME_DEFAULT, *REQUIRED_CAPABILITIES})
     first = agent.start(["python3", "/apps/tcp_server.py"], capabilities=caps)
     first.exec(["python3", "/apps/tcp_client.py", "2"])
-    assert stop_and_wait(first) == 0, first.stderr_text()
+    assert stop_and_wait(first) == CHECKPOINTED, first.stderr_text()
     second = agent.start(["python3", "/apps/tcp_server.py"], capabilities=caps)
     done = second.exec(["python3", "/apps/tcp_client.py", "1"])
     assert done.stdout.decode().strip() == "served 3", second.stderr_text()

@@ -10,6 +10,7 @@ import time
 import pytest
 from agent_harness import MODE, AgentHarness, counts, phases, stop_and_wait, wait_count
 
+from podckpt.agent.exitcodes import CHECKPOINTED
 from podckpt.devtools.sandbox import wait_for
 
 pytestmark = pytest.mark.criu
@@ -20,7 +21,7 @@ EXIT_APP = ["python3", "/apps/exit_on_signal.py"]
 def test_exit_code_after_restore_is_the_agents(agent: AgentHarness) -> None:
     first = agent.start(EXIT_APP)
     wait_count(first, 5)
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
     second = agent.start(EXIT_APP)
     assert wait_for(lambda: phases(second, "restore", "ok"), 20)
     wait_count(second, 3)
@@ -54,7 +55,7 @@ def test_label_added_live_turns_checkpointing_on(agent: AgentHarness) -> None:
     box = agent.start(EXIT_APP, labels={MODE: "false"})
     wait_count(box, 5)
     agent.set_labels({MODE: "true"})
-    assert stop_and_wait(box) == 0
+    assert stop_and_wait(box) == CHECKPOINTED
     assert "exiting" not in box.stdout_text()
     assert agent.latest() is not None
     second = agent.start(EXIT_APP, labels={MODE: "true"})
@@ -65,7 +66,7 @@ def test_invalid_live_label_keeps_the_last_valid_setting(agent: AgentHarness) ->
     box = agent.start(EXIT_APP, labels={MODE: "true"})
     wait_count(box, 5)
     agent.set_labels({MODE: "yes please"})
-    assert stop_and_wait(box) == 0
+    assert stop_and_wait(box) == CHECKPOINTED
     assert agent.latest() is not None
     invalid = phases(box, "settings", "invalid")
     assert invalid
@@ -85,7 +86,7 @@ def test_app_exiting_by_itself_makes_the_next_start_fresh(agent: AgentHarness) -
     assert wait_count(second, 3)[0] == 1
     assert phases(second, "restore", "skipped")
     assert phases(second, "fresh-start", "ok")
-    assert stop_and_wait(second) == 0
+    assert stop_and_wait(second) == CHECKPOINTED
     assert not (agent.app_store / "COMPLETED").exists(), "a new commit clears COMPLETED"
 
 
@@ -95,7 +96,7 @@ def test_checkpoint_files_are_put_back(agent: AgentHarness) -> None:
     first = agent.start(argv, annotations=annotations)
     wait_count(first, 5)
     first.exec(["sh", "-c", "echo tuned > /etc/app.conf"])
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
 
     second = agent.start(argv, annotations=annotations)
     assert wait_for(lambda: phases(second, "restore", "ok"), 20), second.stderr_text()
@@ -137,7 +138,7 @@ def test_checkpoint_of_another_image_or_command_is_not_restored(agent: AgentHarn
     # the new image's files would be wrong, so it starts fresh and the log says why.
     first = agent.start(["python3", "/apps/counter.py"], env={"PODCKPT_IMAGE": "reg/app:1"})
     wait_count(first, 5)
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
     assert agent.latest() is not None
 
     second = agent.start(["python3", "/apps/counter.py"], env={"PODCKPT_IMAGE": "reg/app:2"})
@@ -147,11 +148,11 @@ def test_checkpoint_of_another_image_or_command_is_not_restored(agent: AgentHarn
     assert failed, second.stderr_text()[-2000:]
     assert "dumped from image 'reg/app:1', this container runs 'reg/app:2'" in failed[0]["error"]
     assert phases(second, "fresh-start", "ok")
-    assert stop_and_wait(second) == 0
+    assert stop_and_wait(second) == CHECKPOINTED
 
     # Same image, other argv: also not the same program.
     third = agent.start(["python3", "/apps/counter.py", "0.05"], env={"PODCKPT_IMAGE": "reg/app:2"})
     wait_count(third, 3)
     assert counts(third)[0] == 1
     assert "dumped from argv" in phases(third, "restore", "failed")[0]["error"]
-    assert stop_and_wait(third) == 0
+    assert stop_and_wait(third) == CHECKPOINTED

@@ -10,6 +10,7 @@ import threading
 import pytest
 from agent_harness import AgentHarness, phases, stop_and_wait
 
+from podckpt.agent.exitcodes import CHECKPOINTED
 from podckpt.devtools.sandbox import Sandbox, wait_for
 
 pytestmark = pytest.mark.criu
@@ -22,7 +23,7 @@ def _matches(sandbox: Sandbox, pattern: str) -> list[tuple[str, ...]]:
 def test_process_tree_with_a_pipe(agent: AgentHarness) -> None:
     first = agent.start(["python3", "/apps/pipe_tree.py"])
     assert wait_for(lambda: len(_matches(first, r"^pipe (\d+) child (\d+)$")) >= 20, 20)
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
     before = _matches(first, r"^pipe (\d+) child (\d+)$")
     last, child = int(before[-1][0]), before[-1][1]
 
@@ -39,7 +40,7 @@ def test_multi_threaded_program(agent: AgentHarness) -> None:
     pattern = r"^threads (\d+) (\d+) (\d+) (\d+)$"
     first = agent.start(["python3", "/apps/threads.py"])
     assert wait_for(lambda: len(_matches(first, pattern)) >= 10, 20)
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
     last = [int(v) for v in _matches(first, pattern)[-1]]
 
     second = agent.start(["python3", "/apps/threads.py"])
@@ -61,7 +62,7 @@ def test_tcp_server_with_a_connected_client(agent: AgentHarness) -> None:
     )
     holder.start()
     assert wait_for(lambda: "served 4" in first.stdout_text(), 20)
-    assert stop_and_wait(first) == 0  # dumped with the client still connected
+    assert stop_and_wait(first) == CHECKPOINTED  # dumped with the client still connected
     holder.join(30)
 
     second = agent.start(["python3", "/apps/tcp_server.py"])
@@ -77,7 +78,7 @@ def test_tcp_server_with_a_connected_client(agent: AgentHarness) -> None:
 def test_log_file_tmp_and_dev_shm_in_the_container_filesystem(agent: AgentHarness) -> None:
     first = agent.start(["python3", "/apps/files_app.py"])
     assert wait_for(lambda: len(_matches(first, r"^count (\d+)$")) >= 20, 20)
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
     reached = int(_matches(first, r"^count (\d+)$")[-1])
     assert phases(first, "commit", "ok")[0]["files"] == 3
     assert _manifest_files(agent) == {"/var/log/app/app.log", "/tmp/work.dat", "/dev/shm/state"}
@@ -115,7 +116,7 @@ def test_restored_output_reaches_the_new_sandbox_stdout_and_stderr(agent: AgentH
     )
     first = agent.start(["python3", "-c", script])
     assert wait_for(lambda: "out 10" in first.stdout_text(), 20)
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
     second = agent.start(["python3", "-c", script])
     assert wait_for(lambda: len(re.findall(r"^out \d+$", second.stdout_text(), re.M)) >= 5, 20)
     assert wait_for(lambda: len(re.findall(r"^err \d+$", second.stderr_text(), re.M)) >= 5, 20)

@@ -8,6 +8,7 @@ from test_environment import RUNTIME_DEFAULT
 
 from podckpt.agent import exitcodes
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
+from podckpt.agent.exitcodes import CHECKPOINTED
 from podckpt.devtools.sandbox import wait_for
 
 pytestmark = pytest.mark.criu
@@ -18,7 +19,7 @@ COUNTER = ["python3", "/apps/counter.py"]
 def _checkpointed(agent: AgentHarness, annotations: dict[str, str] | None = None) -> str:
     box = agent.start(COUNTER, annotations=annotations)
     wait_count(box, 5)
-    assert stop_and_wait(box) == 0
+    assert stop_and_wait(box) == CHECKPOINTED
     latest = agent.latest()
     assert latest is not None
     return latest
@@ -82,7 +83,7 @@ def test_irmap_scan_paths_let_an_inotify_watch_survive(agent: AgentHarness) -> N
     assert wait_for(lambda: "watching" in first.stdout_text(), 20)
     first.exec(["touch", "/srv/before"])
     assert wait_for(lambda: "created before" in first.stdout_text(), 10)
-    assert stop_and_wait(first) == 0, first.stderr_text()
+    assert stop_and_wait(first) == CHECKPOINTED, first.stderr_text()
     second = agent.start(argv, annotations=keys, capabilities=caps)
     assert wait_for(lambda: phases(second, "restore", "ok"), 20), second.stderr_text()
     second.exec(["touch", "/srv/after"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from agent_harness import AgentHarness, counts, phases, stop_and_wait, wait_count
 
+from podckpt.agent.exitcodes import CHECKPOINTED
 from podckpt.agent.store import Store
 from podckpt.devtools.sandbox import wait_for
 
@@ -31,7 +32,7 @@ def test_damaged_newest_generation_falls_back_to_the_previous(
     older = agent.checkpoint(first)
     at_older = len(counts(first))
     wait_count(first, at_older + 20)
-    assert stop_and_wait(first) == 0
+    assert stop_and_wait(first) == CHECKPOINTED
     newest = agent.latest()
     assert newest is not None
     assert newest != older

@@ -9,6 +9,7 @@ from agent_harness import AgentHarness, phases, stop_and_wait
 from test_environment import RUNTIME_DEFAULT
 
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
+from podckpt.agent.exitcodes import CHECKPOINTED
 from podckpt.devtools.sandbox import Sandbox, wait_for
 
 pytestmark = pytest.mark.criu
@@ -35,7 +36,7 @@ def test_application_running_as_another_user_is_checkpointed_and_restored(
     first = agent.start(argv, capabilities=CAPS)
     seen = _wait_lines(first, 5)
     assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
-    assert stop_and_wait(first) == 0, first.stderr_text()[-2000:]
+    assert stop_and_wait(first) == CHECKPOINTED, first.stderr_text()[-2000:]
     dump = phases(first, "dump", "ok")
     assert dump, first.stderr_text()[-2000:]
     assert dump[0]["criu_user"] == "1000:1000"
@@ -46,7 +47,7 @@ def test_application_running_as_another_user_is_checkpointed_and_restored(
     assert phases(second, "restore", "ok"), second.stderr_text()[-2000:]
     assert seen[0][0] == reached + 1
     assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
-    assert stop_and_wait(second) == 0
+    assert stop_and_wait(second) == CHECKPOINTED
 
 
 def test_tree_of_several_users_is_refused_in_one_line(agent: AgentHarness) -> None:
@@ -74,7 +75,7 @@ def test_container_user_handed_over_by_the_webhook_runs_the_application(
     status = first.exec(["cat", f"/proc/{pid}/status"]).stdout.decode()
     assert re.search(r"^CapEff:\s+0+$", status, re.MULTILINE), status
     assert "PODCKPT_APP_UID" not in first.exec(["cat", f"/proc/{pid}/environ"]).stdout.decode()
-    assert stop_and_wait(first) == 0, first.stderr_text()[-2000:]
+    assert stop_and_wait(first) == CHECKPOINTED, first.stderr_text()[-2000:]
     assert phases(first, "dump", "ok")[0]["criu_user"] == "1000:1000"
     reached = _lines(first)[-1][0]
 
@@ -83,4 +84,4 @@ def test_container_user_handed_over_by_the_webhook_runs_the_application(
     assert phases(second, "restore", "ok"), second.stderr_text()[-2000:]
     assert seen[0][0] == reached + 1
     assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
-    assert stop_and_wait(second) == 0
+    assert stop_and_wait(second) == CHECKPOINTED

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
+from podckpt.agent.exitcodes import CHECKPOINTED
 from podckpt.bundle import MOUNT_PATH
 from podckpt.bundle.cycle import WORK, probe_cycle
 from podckpt.bundle.roots import COUNTER, busybox_root
@@ -81,7 +82,7 @@ def test_agent_checkpoints_and_restores(
 
     first = _agent_box(sandbox_factory, root, bundle, tmp_path, caps)
     assert wait_for(lambda: _count(count) > 3, 15), f"{name}: app never counted"
-    assert first.stop(grace=60) == 0, first.stderr_text()
+    assert first.stop(grace=60) == CHECKPOINTED, first.stderr_text()
     at_dump = _count(count)
     assert '"phase":"dump","outcome":"ok"' in first.stderr_text()
     time.sleep(0.3)
@@ -90,7 +91,7 @@ def test_agent_checkpoints_and_restores(
     second = _agent_box(sandbox_factory, root, bundle, tmp_path, caps)
     assert wait_for(lambda: _count(count) > at_dump + 3, 15), second.stderr_text()
     assert '"phase":"restore","outcome":"ok"' in second.stderr_text()
-    assert second.stop(grace=60) == 0, second.stderr_text()
+    assert second.stop(grace=60) == CHECKPOINTED, second.stderr_text()
 
 
 def test_agent_names_a_missing_capability(

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 
-#: The application ran to completion after a successful checkpoint on SIGTERM.
-CHECKPOINTED = 0
+#: SIGTERM: the application was checkpointed and stopped. 128+SIGTERM, what the kubelet sees
+#: from an application stopped by SIGTERM, and never 0: a Job counts a pod that exits 0 as a
+#: completion, and a deleted Job pod that was checkpointed has not completed (its replacement
+#: restores it).
+CHECKPOINTED = 143
 #: The agent itself failed: bad command line, bad keys, unusable store, missing or too old
 #: CRIU, missing capabilities, a seccomp filter on the agent, the application not executable.
 AGENT_FAILURE = 200
@@ -23,7 +26,7 @@ HELP = f"""\
 exit codes:
   N          the application's own exit code (after a fresh start or a restore)
   128+S      the application was killed by signal S
-  {CHECKPOINTED}          SIGTERM: the application was checkpointed and stopped
+  {CHECKPOINTED}        SIGTERM: the application was checkpointed and stopped
   {AGENT_FAILURE}        agent failure (bad arguments or keys, unusable store, CRIU missing or
              older than 4.2, missing capability, seccomp filter on the agent)
   {RESTORE_FAILURE}        restore-policy strict: no checkpoint could be restored
