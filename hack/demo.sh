@@ -1,13 +1,36 @@
 #!/usr/bin/env bash
-# The README's main job: a counter runs under the podckpt agent in a container-like sandbox,
-# the sandbox is stopped like a pod (SIGTERM: the agent checkpoints it with CRIU), a brand-new
-# sandbox restores it, twice, and the counter carries on where it stopped.
-# Needs root (namespaces, mounts); builds the CRIU root filesystem on first use (cached).
+# The README's main job, on a real cluster: starts the local single-node Kubernetes
+# (hack/cluster.sh up), installs the podckpt operator in it from config/, runs a StatefulSet
+# whose pod template is labelled memverge.ai/checkpoint-mode=true, deletes its pod and shows
+# the new pod carrying on where the old one stopped. The cluster stays up afterwards.
+#
+#   hack/demo.sh            the cluster demo
+#   hack/demo.sh down       tear it all down (cluster, operator, demo)
+#   hack/demo.sh sandbox    the agent alone in a container-like sandbox, no Kubernetes
+#                           (checkpoint/restore of a counter twice; args: --rounds N --seconds S)
+# Needs root (namespaces, mounts, a kubelet); first use builds and caches what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hack/setup.sh
 if [[ $(id -u) -ne 0 ]]; then
-    echo "demo: needs root (it creates namespaces and mounts like a container runtime)" >&2
+    echo "demo: needs root (it runs a kubelet and container runtime, or a sandbox)" >&2
     exit 1
 fi
-exec .venv/bin/python -m podckpt.devtools.demo "$@"
+case "${1:-}" in
+    down)
+        exec hack/cluster.sh down
+        ;;
+    sandbox)
+        shift
+        hack/setup.sh
+        exec .venv/bin/python -m podckpt.devtools.demo "$@"
+        ;;
+    "")
+        hack/setup.sh
+        hack/cluster.sh up
+        exec .venv/bin/python -m podckpt.devtools.cluster_demo
+        ;;
+    *)
+        echo "usage: hack/demo.sh [down | sandbox [--rounds N] [--seconds S]]" >&2
+        exit 2
+        ;;
+esac
