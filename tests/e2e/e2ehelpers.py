@@ -21,6 +21,8 @@ COUNTER = (
     # otherwise wait out its grace period.
     "trap 'exit 143' TERM; "
     'i=0; n="${COUNT_TO:-0}"; tag=$RANDOM$RANDOM; '
+    # STATE_FILE: a file of the container's own filesystem (for checkpoint-files)
+    'if [ -n "$STATE_FILE" ]; then echo "$tag" > "$STATE_FILE"; fi; '
     'while [ "$n" = 0 ] || [ "$i" -lt "$n" ]; do '
     'i=$((i+1)); echo "count $i $tag"; sleep 0.2; done'
 )
@@ -38,13 +40,18 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 120) -> 
         time.sleep(0.5)
 
 
-def container(image: str, name: str = "app", count_to: int = 0) -> dict[str, Any]:
+def container(
+    image: str, name: str = "app", count_to: int = 0, state_file: str = ""
+) -> dict[str, Any]:
     return {
         "name": name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/sh", "-c", COUNTER],
-        "env": [{"name": "COUNT_TO", "value": str(count_to)}],
+        "env": [
+            {"name": "COUNT_TO", "value": str(count_to)},
+            {"name": "STATE_FILE", "value": state_file},
+        ],
         "resources": {"limits": {"memory": "64Mi"}},
     }
 

@@ -1,8 +1,9 @@
 """A plain pod on the user's own volume, deleted and re-created by the user:
 `checkpoint-storage-volume`, `checkpoint-containers` (the sidecar not listed starts fresh),
-`checkpoint-diagnosis` (images and CRIU logs kept after the restore); then a restore that cannot
-succeed (every image corrupted on purpose) starts the pod fresh with a Warning event and no
-crash loop. And a running pod without the agent that is labelled gets a NotInjected warning."""
+`checkpoint-diagnosis` (images and CRIU logs kept after the restore), `checkpoint-files`;
+then a restore that cannot succeed (every image corrupted on purpose) starts the pod fresh
+with a Warning event and no crash loop. And a running pod without the agent that is labelled
+gets a NotInjected warning."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from podckpt.devtools.cluster.cluster import Cluster
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 
+STATE_FILE = "/tmp/app-state"
+
+
 def _pod(image: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -28,10 +32,14 @@ def _pod(image: str) -> dict[str, Any]:
                 f"{P}checkpoint-storage-volume": "ckpt",
                 f"{P}checkpoint-containers": "app",
                 f"{P}checkpoint-diagnosis": "true",
+                f"{P}checkpoint-files": STATE_FILE,
             },
         },
         "spec": {
-            "containers": [container(image), container(image, name="sidecar")],
+            "containers": [
+                container(image, state_file=STATE_FILE),
+                container(image, name="sidecar"),
+            ],
             "volumes": [{"name": "ckpt", "persistentVolumeClaim": {"claimName": "ckpt"}}],
         },
     }
@@ -81,6 +89,11 @@ def test_plain_pod_on_its_storage_volume(operator: Cluster, namespace: str, app_
     assert side >= 1
     assert tags(app) == tags(app_before)
     assert counts(app)[0] > counts(app_before)[-1]
+    # checkpoint-files: the file the app wrote in its old container is back in the new one
+    state = operator.kubectl(
+        "exec", "-n", namespace, "worker", "-c", "app", "--", "cat", STATE_FILE
+    )
+    assert {state.stdout.strip()} == tags(app_before)
     side_text = logs(operator, namespace, "worker", "sidecar")
     assert counts(side_text)[0] == 1
     assert not tags(side_text) & tags(side_before)

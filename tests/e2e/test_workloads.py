@@ -13,6 +13,9 @@ from podckpt.devtools.cluster.cluster import Cluster
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 
+CLASS = "e2e-checkpoints"
+
+
 def _workload(kind: str, name: str, image: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "replicas": 2,
@@ -23,6 +26,7 @@ def _workload(kind: str, name: str, image: str) -> dict[str, Any]:
         },
     }
     if kind == "StatefulSet":
+        spec["template"]["metadata"]["annotations"] = {f"{P}checkpoint-storage-class": CLASS}
         spec["serviceName"] = name
         spec["podManagementPolicy"] = "Parallel"
     return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
@@ -47,6 +51,14 @@ def _running(cluster: Cluster, ns: str, selector: str, exclude: set[str]) -> dic
 def test_each_replica_and_ordinal_restores_its_own_state(
     operator: Cluster, namespace: str, app_image: str
 ) -> None:
+    storage_class = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": CLASS},
+        "provisioner": "kubernetes.io/host-path",
+        "reclaimPolicy": "Delete",
+    }
+    apply(operator, namespace, storage_class)
     for kind, name in (("Deployment", "web"), ("StatefulSet", "db")):
         apply(operator, namespace, _workload(kind, name, app_image))
     first: dict[str, str] = {}
@@ -77,6 +89,18 @@ def test_each_replica_and_ordinal_restores_its_own_state(
 
     wait_for("a Restored event on every new pod", restored, 90)
 
+    # checkpoint-storage-class on the StatefulSet; the Deployment's volumes use the default
+    classes = {
+        c["metadata"]["name"]: c["spec"].get("storageClassName")
+        for c in get(operator, namespace, "pvc")["items"]
+    }
+    assert classes == {
+        "podckpt-statefulset-db-0": CLASS,
+        "podckpt-statefulset-db-1": CLASS,
+        "podckpt-deployment-web-0": "standard",
+        "podckpt-deployment-web-1": "standard",
+    }
+
     # deleting the workloads removes their checkpoint volumes (owner references, GC)
     operator.kubectl("delete", "deployment,statefulset", "--all", "-n", namespace, "--wait=false")
 
@@ -85,3 +109,4 @@ def test_each_replica_and_ordinal_restores_its_own_state(
         return not [c for c in found["items"] if c["metadata"]["name"].startswith("podckpt-")]
 
     wait_for("the checkpoint volumes removed with their workloads", claims_gone, 180)
+    operator.kubectl("delete", "storageclass", CLASS, "--ignore-not-found")
