@@ -23,6 +23,7 @@ import os
 import re
 import ssl
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -311,6 +312,7 @@ def main() -> int:
             registry.terminate()
             registry.wait(timeout=10)
         cluster.down()
+        shutil.rmtree(work, ignore_errors=True)
     section = render(args, runs, rss)
     print(section)
     if not args.no_write:

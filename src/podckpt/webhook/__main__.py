@@ -11,6 +11,7 @@ sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 # ruff: noqa: E402 - the imports below must come after that line
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -65,21 +66,28 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
             )
         certfile: str | None = op.webhook_certfile
         keyfile: str | None = op.webhook_keyfile
+        directory: Path | None = None
         if not (certfile and keyfile):
             bundle = await certs.ensure_certificate(state.api, op)
             await certs.inject_ca_bundle(state.api, op, bundle.ca)
+            # ssl reads the key only from a file: it lives in a private directory just
+            # until the server has loaded it, never longer (it is the webhook's secret).
             directory = Path(tempfile.mkdtemp(prefix="podckpt-webhook-tls-"))
             _ca_path, cert_path, key_path = bundle.write(directory)
             certfile, keyfile = str(cert_path), str(key_path)
-        servers.append(
-            await server.start(
-                state,
-                address=op.webhook_address,
-                port=op.webhook_port,
-                certfile=certfile,
-                keyfile=keyfile,
+        try:
+            servers.append(
+                await server.start(
+                    state,
+                    address=op.webhook_address,
+                    port=op.webhook_port,
+                    certfile=certfile,
+                    keyfile=keyfile,
+                )
             )
-        )
+        finally:
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
     async def cleanup(**_: Any) -> None:
         for running in servers:
