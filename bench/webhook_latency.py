@@ -21,9 +21,9 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import ssl
 import statistics
-import shutil
 import subprocess
 import sys
 import tempfile
