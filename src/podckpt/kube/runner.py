@@ -7,12 +7,13 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 from kopf._core.engines.peering import Identity
 
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator_settings import OperatorSettings, load_settings
 
 from .api import KubeAPI
 
@@ -82,3 +83,20 @@ def run(
             ready_flag=ready_flag,
         )
     )
+
+
+Builder = Callable[
+    [OperatorSettings], tuple[kopf.OperatorRegistry, kopf.OperatorSettings, kopf.Memo]
+]
+
+
+def main(build: Builder) -> int:
+    """The entry point of each operator process (webhook, controller): settings from the
+    environment, logging, then `build`'s registry run until SIGTERM."""
+    op = load_settings()
+    logging.basicConfig(level=op.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kopf reports every handled event at INFO; at our scale that is noise, not information.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
+    registry, settings, memo = build(op)
+    run(registry, settings, memo)
+    return 0

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from podckpt import certs
 from podckpt.kube import runner
-from podckpt.operator_settings import OperatorSettings, load_settings
+from podckpt.operator_settings import OperatorSettings
 
 from . import server
 from .handlers import WebhookState, register
@@ -102,13 +102,7 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
 
 
 def main() -> int:
-    op = load_settings()
-    logging.basicConfig(level=op.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # kopf reports every handled event at INFO; at our scale that is noise, not information.
-    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
-    registry, settings, memo = build(op)
-    runner.run(registry, settings, memo)
-    return 0
+    return runner.main(build)
 
 
 if __name__ == "__main__":
