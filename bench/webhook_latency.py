@@ -287,6 +287,7 @@ def main() -> int:
     registry = None
     operator = None
     try:
+        args.load_before = os.getloadavg()[0]
         cluster.up_apiserver()
         registry, image = start_registry(work)
         operator = Operator(cluster)
@@ -313,6 +314,7 @@ def main() -> int:
             registry.wait(timeout=10)
         cluster.down()
         shutil.rmtree(work, ignore_errors=True)
+    args.load_after = os.getloadavg()[0]
     section = render(args, runs, rss)
     print(section)
     if not args.no_write:
@@ -323,14 +325,13 @@ def main() -> int:
 def render(
     args: argparse.Namespace, runs: list[dict[str, float]], rss: dict[str, Any] | None
 ) -> str:
-    del args
     mib = 2**20
     lines = [
         "## Operator",
         "",
         f"Measured by `bench/webhook_latency.py` on {time.strftime('%Y-%m-%d')}: a fresh"
-        " apiserver tier (etcd, kube-apiserver, controller-manager) on this machine (2 cores,"
-        " shared with colleagues' builds: load average 4-6 during the runs), the operator"
+        f" apiserver tier (etcd, kube-apiserver, controller-manager) on {report.machine()}"
+        f" (load average {args.load_before:.1f} before, {args.load_after:.1f} after), the operator"
         " installed from `config/` and running as its own service accounts. Pods are plain"
         " checkpointed pods whose argv comes from a real local registry (image config cached"
         " after a warm-up pod); the client is a light async HTTP client on the same machine.",
