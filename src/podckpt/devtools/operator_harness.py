@@ -84,6 +84,26 @@ def _wait(
     raise RuntimeError(f"{what}: not ready after {timeout:.0f} s")
 
 
+class KubectlLike(Protocol):
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+def ca_bundle_set(cluster: KubectlLike) -> bool:
+    """The webhook wrote its CA into all three webhooks of its configuration (it is ready to
+    be called by the API server)."""
+    out = cluster.kubectl(
+        "get",
+        "mutatingwebhookconfiguration",
+        WEBHOOK_CONFIGURATION,
+        "-o",
+        "jsonpath={.webhooks[*].clientConfig.caBundle}",
+        check=False,
+    ).stdout.split()
+    return len(out) == 3
+
+
 class Operator:
     """The installed operator; `start_*`/`stop_*` control its two processes."""
 
@@ -157,17 +177,6 @@ class Operator:
             tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{exc}; log tail:\n{tail}") from None
 
-    def _ca_bundle_set(self) -> bool:
-        out = self.cluster.kubectl(
-            "get",
-            "mutatingwebhookconfiguration",
-            WEBHOOK_CONFIGURATION,
-            "-o",
-            "jsonpath={.webhooks[*].clientConfig.caBundle}",
-            check=False,
-        ).stdout.split()
-        return len(out) == 3
-
     def _port_open(self) -> bool:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
             return True
@@ -178,7 +187,10 @@ class Operator:
             return
         self.webhook = self._spawn("podckpt.webhook", "podckpt-webhook")
         self._started_or_stop(
-            "webhook", self.webhook, lambda: self._ca_bundle_set() and self._port_open(), timeout
+            "webhook",
+            self.webhook,
+            lambda: ca_bundle_set(self.cluster) and self._port_open(),
+            timeout,
         )
 
     def start_controller(self, timeout: float = 30) -> None:

@@ -37,12 +37,12 @@ from podckpt.bundle import build_bundle
 from podckpt.bundle.image import build_image as build_bundle_image
 from podckpt.devtools.cluster.__main__ import _state_dir
 from podckpt.devtools.cluster.cluster import Cluster
+from podckpt.devtools.operator_harness import WEBHOOK_CONFIGURATION, ca_bundle_set
 from podckpt.devtools.operator_image import build_image as build_operator_image
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "config"
 NAMESPACE = "podckpt-system"
-WEBHOOK_CONFIGURATION = "podckpt"
 DEPLOYMENTS = ("podckpt-webhook", "podckpt-controller")
 API_HOSTNAME = "kubernetes.default.svc"
 
@@ -105,18 +105,6 @@ def render(cluster: NodeClusterLike, operator_ref: str, bundle_ref: str) -> list
     return docs
 
 
-def _ca_bundle_set(cluster: NodeClusterLike) -> bool:
-    out = cluster.kubectl(
-        "get",
-        "mutatingwebhookconfiguration",
-        WEBHOOK_CONFIGURATION,
-        "-o",
-        "jsonpath={.webhooks[*].clientConfig.caBundle}",
-        check=False,
-    ).stdout.split()
-    return len(out) == 3
-
-
 def _wait_available(cluster: NodeClusterLike, timeout: float) -> None:
     """Both Deployments available; fail at once (with the logs) when a pod restarts."""
     deadline = time.monotonic() + timeout
@@ -152,7 +140,7 @@ def install(cluster: NodeClusterLike, work: Path | None = None, timeout: float =
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     _wait_available(cluster, timeout)
     deadline = time.monotonic() + 60
-    while not _ca_bundle_set(cluster):
+    while not ca_bundle_set(cluster):
         if time.monotonic() > deadline:
             raise RuntimeError("the webhook did not write its caBundle within 60 s")
         time.sleep(0.5)
