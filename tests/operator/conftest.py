@@ -14,6 +14,7 @@ import pytest
 from kubehelpers import Kube, Registry, eventually, port_open
 from kubernetes import client
 
+from podckpt.devtools import operator_install
 from podckpt.devtools.operator_harness import Operator, free_port
 
 
@@ -25,6 +26,9 @@ def kube(apiserver_cluster: Any) -> Iterator[Kube]:
 
 @pytest.fixture(scope="session")
 def operator(apiserver_cluster: Any) -> Iterator[Operator]:
+    # The end-to-end tests share this session's control plane and leave the operator
+    # installed in-cluster until the session ends: two controllers would double every Event.
+    operator_install.uninstall(apiserver_cluster, wait=True)
     op = Operator(apiserver_cluster)
     op.install()
     op.start_webhook()

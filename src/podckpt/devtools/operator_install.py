@@ -161,11 +161,21 @@ def install(cluster: NodeClusterLike, work: Path | None = None, timeout: float =
         time.sleep(0.5)
 
 
-def uninstall(cluster: NodeClusterLike) -> None:
+def uninstall(cluster: NodeClusterLike, *, wait: bool = False) -> None:
+    """Remove the in-cluster operator. With `wait`, return only once its namespace (and so
+    its webhook and controller pods) is gone, so that another operator can take over."""
     cluster.kubectl(
         "delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found"
     )
-    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false")
+    cluster.kubectl(
+        "delete",
+        "namespace",
+        NAMESPACE,
+        "--ignore-not-found",
+        f"--wait={str(wait).lower()}",
+        "--timeout=180s",
+        timeout=200,
+    )
     for kind in ("clusterrolebinding", "clusterrole"):
         out = cluster.kubectl(
             "get", kind, "-l", "app.kubernetes.io/part-of=podckpt", "-o", "name", check=False
