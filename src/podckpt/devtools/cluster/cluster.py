@@ -396,16 +396,7 @@ class Cluster:
                 self.logs_dir,
             )
         )
-        components.wait_until(
-            "kube-controller-manager /healthz",
-            lambda: components.http_ok(
-                f"https://127.0.0.1:{p['controller-manager']}/healthz",
-                context=components.insecure_context(),
-                expect="ok",
-            ),
-            60,
-            proc,
-        )
+        _wait_healthz("kube-controller-manager", p["controller-manager"], 60, proc)
 
     def _bootstrap_objects(self) -> None:
         """Default StorageClass, apiserver->kubelet RBAC; then wait for the default
@@ -489,16 +480,7 @@ subjects:
             st.timings["pause_image"] = time.monotonic() - t0
             node.create_cgroup_root(st.cgroup_root)
             self._start_kubelet(bin_dir)
-            components.wait_until(
-                "kube-scheduler /healthz",
-                lambda: components.http_ok(
-                    f"https://127.0.0.1:{st.ports['scheduler']}/healthz",
-                    context=components.insecure_context(),
-                    expect="ok",
-                ),
-                30,
-                self._scheduler_proc,
-            )
+            _wait_healthz("kube-scheduler", st.ports["scheduler"], 30, self._scheduler_proc)
             st.timings["node_tier"] = time.monotonic() - t0
             self._save()
         except BaseException:
@@ -849,3 +831,17 @@ subjects:
             "timings": {k: round(v, 2) for k, v in self.state.timings.items()},
             "binaries": [str(Path(str(self.bin_dir)) / b) for b in BINARIES],
         }
+
+
+def _wait_healthz(name: str, port: int, timeout: float, proc: components.Process | None) -> None:
+    """A control-plane component serves `ok` on its HTTPS /healthz (self-signed certificate)."""
+    components.wait_until(
+        f"{name} /healthz",
+        lambda: components.http_ok(
+            f"https://127.0.0.1:{port}/healthz",
+            context=components.insecure_context(),
+            expect="ok",
+        ),
+        timeout,
+        proc,
+    )
