@@ -36,7 +36,7 @@ from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
 from podckpt.bundle import MOUNT_PATH, build_bundle
 from podckpt.bundle.build import tree_size
 from podckpt.bundle.image import build_image
-from podckpt.bundle.roots import COUNTER, busybox_root
+from podckpt.devtools.bundlecheck.roots import COUNTER, busybox_root
 from podckpt.devtools.sandbox import Bind, start_sandbox, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from podckpt.bundle import BundleBuildError, build_bundle
-from podckpt.bundle.roots import ROOTS
+from podckpt.devtools.bundlecheck.roots import ROOTS
 from podckpt.devtools.rootfs import RootfsError
 
 

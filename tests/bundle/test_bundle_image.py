@@ -12,7 +12,7 @@ import pytest
 
 from podckpt.bundle import MOUNT_PATH
 from podckpt.bundle.image import CMD, ENTRYPOINT, INSTALL_TARGET, build_image
-from podckpt.bundle.roots import busybox_root, static_root
+from podckpt.devtools.bundlecheck.roots import busybox_root, static_root
 from podckpt.devtools.sandbox import Bind, Sandbox
 
 pytestmark = [pytest.mark.bundle, pytest.mark.criu]

@@ -20,7 +20,7 @@ import pytest
 
 from podckpt.bundle import MOUNT_PATH
 from podckpt.bundle.image import INSTALL_TARGET, build_image
-from podckpt.bundle.roots import COUNTER, static_root
+from podckpt.devtools.bundlecheck.roots import COUNTER, static_root
 from podckpt.devtools.cluster import components
 from podckpt.devtools.cluster.cluster import Cluster
 

@@ -19,8 +19,8 @@ import pytest
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
 from podckpt.agent.exitcodes import CHECKPOINTED
 from podckpt.bundle import MOUNT_PATH
-from podckpt.bundle.cycle import WORK, probe_cycle
-from podckpt.bundle.roots import COUNTER, busybox_root
+from podckpt.devtools.bundlecheck.cycle import WORK, probe_cycle
+from podckpt.devtools.bundlecheck.roots import COUNTER, busybox_root
 from podckpt.devtools.sandbox import Bind, Sandbox, wait_for
 
 pytestmark = [pytest.mark.bundle, pytest.mark.criu, pytest.mark.slow]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from podckpt.bundle.roots import busybox_root
 from podckpt.devtools import operator_install
+from podckpt.devtools.bundlecheck.roots import busybox_root
 from podckpt.devtools.cluster.cluster import Cluster
 
 APP_IMAGE = "podckpt.local/e2e-counter:1"

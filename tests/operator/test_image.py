@@ -35,11 +35,12 @@ def test_operator_image(tmp_path: Path) -> None:
     )
     config = json.loads((bundle / "config.json").read_text())
     assert config["process"]["user"]["uid"] == 65532, "the image runs as non-root"
-    assert config["process"]["args"] == ["python3", "-m", "podckpt.webhook"]
+    assert config["process"]["args"] == ["python3", "-m", "podckpt.operator.webhook"]
     probe = (
         "import sys; sys.modules['kubernetes'] = None\n"
-        "import podckpt.webhook.server, podckpt.controller.handlers, podckpt.certs\n"
-        "from podckpt.operator_settings import OperatorSettings\n"
+        "import podckpt.operator.webhook.server, podckpt.operator.controller.handlers\n"
+        "import podckpt.operator.certs\n"
+        "from podckpt.operator.settings import OperatorSettings\n"
         "print(OperatorSettings().domain)\n"
     )
     done = subprocess.run(

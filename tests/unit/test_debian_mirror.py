@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from podckpt.devtools.debian import MirrorNotFoundError, debian_mirror
+from podckpt.bundle.debian import MirrorNotFoundError, debian_mirror
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from podckpt.api import contract
+
 from .errors import EnvironmentProblem
 
 CAP_NUMBERS: dict[str, int] = {
@@ -37,16 +39,9 @@ CAP_NUMBERS: dict[str, int] = {
     "CAP_CHECKPOINT_RESTORE": 40,
 }
 
-#: Needed for every dump and restore (criu --unprivileged).
-REQUIRED_CAPABILITIES: tuple[str, ...] = (
-    "CAP_CHECKPOINT_RESTORE",
-    "CAP_SETPCAP",
-)
-
-#: Also needed when the application runs as a non-root user: switching to that user for
-#: CRIU's dump needs CAP_SETUID/CAP_SETGID; CRIU, as that user, writes images into the agent's
-#: store and the agent reads them back: CAP_DAC_OVERRIDE (asuser.py).
-USER_DUMP_CAPABILITIES: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE")
+#: What the webhook adds and the agent checks: one list, in the webhook<->agent contract.
+REQUIRED_CAPABILITIES = contract.REQUIRED_CAPABILITIES
+USER_DUMP_CAPABILITIES = contract.USER_DUMP_CAPABILITIES
 
 #: With all of these CRIU runs in its privileged mode (no `--unprivileged`), which also
 #: suspends seccomp filters and restores time namespaces.

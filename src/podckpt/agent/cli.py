@@ -40,6 +40,8 @@ def surely_fresh(args: Sequence[str]) -> bool:
     if not args or args[0] != "run" or "--" not in args:
         return False
     options = list(args[1 : args.index("--")])
+    # `contract.Env.STORE` and `contract.STORE_OPTION`, spelled here because this runs before
+    # anything is imported (a unit test checks they agree).
     store = os.environ.get("PODCKPT_STORE")
     for index, option in enumerate(options):
         if option == "--store" and index + 1 < len(options):

@@ -12,6 +12,8 @@ import json
 import os
 import re
 
+from podckpt.api import contract
+
 from .errors import CriuFailedError, CriuMissingError, CriuRunError, CriuTooOldError
 from .log import Timer
 
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
 #: Kernel 6.16+ refuses socket options CRIU < 4.2 reads (CRIU issue #2705); 4.1 cannot dump
 #: any process with a TCP socket there. Images are not portable across these versions either.
 MIN_VERSION = (4, 2)
-CRIU_ENV = "PODCKPT_CRIU"
-BUNDLE_ENV = "PODCKPT_BUNDLE"
+CRIU_ENV = contract.Env.CRIU
+BUNDLE_ENV = contract.Env.BUNDLE
 
 _VERSION = re.compile(r"^Version:\s*([0-9]+)\.([0-9]+)(?:\.([0-9]+))?", re.MULTILINE)
 _STAT_LINE = re.compile(r"^([A-Za-z][A-Za-z ]+?):\s+([0-9]+)(?:\s+(us|\(0x[0-9a-f]+\)))?\s*$")

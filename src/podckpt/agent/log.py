@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from podckpt.api import contract
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 _STDERR = 2
 
 #: The kubelet's default `terminationMessagePath`; it exists only inside a pod.
-TERMINATION_LOG = os.environ.get("PODCKPT_TERMINATION_LOG", "/dev/termination-log")
+TERMINATION_LOG = os.environ.get(contract.Env.TERMINATION_LOG, "/dev/termination-log")
 #: The kubelet keeps at most 4096 bytes of a termination message.
 TERMINATION_LIMIT = 4096
 _recent: collections.deque[str] = collections.deque(maxlen=64)

@@ -32,6 +32,8 @@ PID_FLOOR = 300
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _NO_SUCH_PROGRAM = "/nonexistent/podckpt-pid-burner"
 _MAX_BURN = 100_000
+#: `podckpt.api.contract.Env.BUNDLE`, spelled here because this module is imported before
+#: anything else (the key API included) on the fresh-start path; a unit test checks they agree.
 BUNDLE_ENV = "PODCKPT_BUNDLE"
 
 

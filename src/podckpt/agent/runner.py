@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from podckpt.api import RestorePolicy
+from podckpt.api import RestorePolicy, contract
 
 from . import AGENT_VERSION, capabilities, criu, exitcodes, log, pids
 from .context import Context
@@ -63,29 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=exitcodes.HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
-        "--store",
-        type=Path,
-        default=os.environ.get("PODCKPT_STORE"),
-        help="this container's checkpoint store directory (default $PODCKPT_STORE;"
-        " without one the agent only supervises)",
-    )
-    run.add_argument(
-        "--container",
-        default=os.environ.get("PODCKPT_CONTAINER"),
-        help="container name recorded in and checked against the store"
-        " (default $PODCKPT_CONTAINER, else the store directory's name)",
-    )
-    run.add_argument(
-        "--labels-file",
-        type=Path,
-        help="downward-API file of the pod's labels, re-read at SIGTERM"
-        " (without it checkpointing is on)",
-    )
-    run.add_argument(
-        "--annotations-file", type=Path, help="downward-API file of the pod's annotations"
-    )
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- the application's command")
+    contract.add_run_options(run, os.environ)
     ckpt = sub.add_parser(
         "checkpoint", help="ask the running agent for a checkpoint now (the application runs on)"
     )
@@ -119,12 +97,14 @@ def checkpoint_command(container: str | None, timeout: float) -> int:
 def run_command(
     args: argparse.Namespace, started: float, early_floor: pids.EarlyFloor | None
 ) -> int:
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+    command = contract.run_command_from(args)
+    argv = list(command.argv)
     if not argv:
         fail("missing the application's command: podckpt-agent run [options] -- ARGV...")
-    live = LiveSettings(args.labels_file, args.annotations_file)
+    live = LiveSettings(
+        Path(command.labels_file) if command.labels_file else None,
+        Path(command.annotations_file) if command.annotations_file else None,
+    )
     try:
         settings = live.read()
     except AgentError as exc:
@@ -133,9 +113,9 @@ def run_command(
         log.emit("settings", "warning", warning=warning)
 
     ctx: Context | None = None
-    if args.store is not None:
-        container = args.container or Path(args.store).name
-        store = Store(Path(args.store), container)
+    if command.store is not None:
+        container = command.container or Path(command.store).name
+        store = Store(Path(command.store), container)
         try:
             store.open()
         except AgentError as exc:
@@ -148,7 +128,7 @@ def run_command(
         if ctx is not None:
             ctx.workload = workload_identity(argv)
     else:
-        container = args.container or "app"
+        container = command.container or "app"
         early_floor = early_floor or pids.early_floor()
         log.emit("start", "no-store", why="no --store: the agent supervises but never checkpoints")
 
@@ -169,7 +149,7 @@ def run_command(
 def workload_identity(argv: list[str]) -> dict[str, object]:
     """The application's argv and, when the webhook hands it over, its container image."""
     identity: dict[str, object] = {"argv": argv}
-    image = os.environ.get("PODCKPT_IMAGE")
+    image = os.environ.get(contract.Env.IMAGE)
     if image:
         identity["image"] = image
     return identity
@@ -191,7 +171,7 @@ def _prepare_criu(store: Store, enabled: bool) -> Context | None:
         log.emit("start", "dormant", why=str(exc))
         return None
     exclude = [str(store.root)]
-    bundle = os.environ.get(criu.BUNDLE_ENV)
+    bundle = os.environ.get(contract.Env.BUNDLE)
     if bundle:
         exclude.append(bundle)
     return Context(

@@ -16,7 +16,7 @@ import stat
 import time
 from pathlib import Path
 
-from podckpt.api import RestorePolicy
+from podckpt.api import RestorePolicy, contract
 
 from . import exitcodes, log, pids
 from .errors import AgentError, StoreError
@@ -45,17 +45,6 @@ FORWARDED = tuple(
     if hasattr(signal, name)
 )  # fmt: skip
 _PR_SET_CHILD_SUBREAPER = 36
-#: The agent's own variables, not the application's: the launcher sets PODCKPT_BUNDLE, the
-#: rest are the agent's options and the webhook's hand-over to it.
-AGENT_ONLY_ENV = (
-    "PODCKPT_BUNDLE",
-    "PODCKPT_CRIU",
-    "PODCKPT_STORE",
-    "PODCKPT_CONTAINER",
-    "PODCKPT_APP_UID",
-    "PODCKPT_APP_GID",
-    "PODCKPT_IMAGE",
-)
 _DEV_NULL = os.makedev(1, 3)
 
 
@@ -91,8 +80,8 @@ def stdio_actions() -> list[tuple[Any, ...]]:
 def application_user() -> tuple[int, int] | None:
     """(uid, gid) the application must run as, from the webhook's hand-over; None: as the
     agent (root). A gid alone keeps uid 0, as `runAsGroup` alone does."""
-    uid_text = os.environ.get("PODCKPT_APP_UID", "")
-    gid_text = os.environ.get("PODCKPT_APP_GID", "")
+    uid_text = os.environ.get(contract.Env.APP_UID, "")
+    gid_text = os.environ.get(contract.Env.APP_GID, "")
     if not uid_text and not gid_text:
         return None
     try:
@@ -100,14 +89,15 @@ def application_user() -> tuple[int, int] | None:
         gid = int(gid_text or uid)
     except ValueError:
         raise AgentError(
-            f"PODCKPT_APP_UID={uid_text!r} PODCKPT_APP_GID={gid_text!r}: not numeric ids"
+            f"{contract.Env.APP_UID}={uid_text!r} {contract.Env.APP_GID}={gid_text!r}:"
+            " not numeric ids"
         ) from None
     return uid, gid
 
 
 def application_env() -> dict[str, str]:
-    """The container's environment, without the agent's own variables."""
-    return {k: v for k, v in os.environ.items() if k not in AGENT_ONLY_ENV}
+    """The container's environment, without the agent's own variables (`contract.Env`)."""
+    return contract.application_environment(os.environ)
 
 
 def process_age() -> float | None:

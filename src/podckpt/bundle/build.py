@@ -33,9 +33,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from podckpt.devtools.debian import debian_mirror
+from podckpt.api import contract
+from podckpt.bundle.debian import debian_mirror
 
-MOUNT_PATH = "/.podckpt"
+MOUNT_PATH = contract.BUNDLE_MOUNT
 """Where checkpointed containers mount the bundle (the bundle itself is relocatable)."""
 
 BUNDLE_PYTHON = "3.13"

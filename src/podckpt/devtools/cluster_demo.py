@@ -18,8 +18,8 @@ import sys
 import time
 from typing import Any
 
-from podckpt.bundle.roots import busybox_root
 from podckpt.devtools import operator_install
+from podckpt.devtools.bundlecheck.roots import busybox_root
 from podckpt.devtools.cluster.__main__ import _state_dir
 from podckpt.devtools.cluster.cluster import TIER_NODE, Cluster
 

@@ -3,9 +3,9 @@
 The shipped manifests (`config/`) are applied as the cluster admin: namespace, service
 accounts, RBAC and the MutatingWebhookConfiguration (its `service:` clientConfig replaced by a
 URL on 127.0.0.1, because the webhook runs on this host). The webhook and the controller run as
-processes (`python -m podckpt.webhook` / `python -m podckpt.controller`) with a token of their
-own service account, so they have exactly the shipped RBAC and nothing more. The webhook's
-certificate comes from its own bootstrap (Secret + caBundle), as in a cluster.
+processes (`python -m podckpt.operator.webhook` / `python -m podckpt.operator.controller`) with
+a token of their own service account, so they have exactly the shipped RBAC and nothing more.
+The webhook's certificate comes from its own bootstrap (Secret + caBundle), as in a cluster.
 
 Used by tests/operator and bench/webhook_latency.py.
 """
@@ -185,7 +185,7 @@ class Operator:
     def start_webhook(self, timeout: float = 60) -> None:
         if self.webhook is not None and self.webhook.poll() is None:
             return
-        self.webhook = self._spawn("podckpt.webhook", "podckpt-webhook")
+        self.webhook = self._spawn("podckpt.operator.webhook", "podckpt-webhook")
         self._started_or_stop(
             "webhook",
             self.webhook,
@@ -196,7 +196,7 @@ class Operator:
     def start_controller(self, timeout: float = 30) -> None:
         if self.controller is not None and self.controller.poll() is None:
             return
-        self.controller = self._spawn("podckpt.controller", "podckpt-controller")
+        self.controller = self._spawn("podckpt.operator.controller", "podckpt-controller")
         log = self.logs / "controller.log"
         start = log.stat().st_size if log.exists() else 0
 

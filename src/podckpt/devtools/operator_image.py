@@ -22,15 +22,17 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from podckpt.bundle.debian import debian_mirror
 from podckpt.devtools import rootfs
-from podckpt.devtools.debian import debian_mirror
 
 IMAGE_NAME = "podckpt.local/podckpt-operator"
 RUNTIME_DISTRIBUTION = "podckpt"
 SITE = "/opt/podckpt/site-packages"
 #: Operator code only: the build tools and dev tools stay out of the image.
-PACKAGES = ("__init__.py", "py.typed", "api", "agent", "kube", "webhook", "controller")
-MODULES = ("certs.py", "operator_settings.py")
+#: The operator and the key API it shares with the agent (import-linter keeps the operator off
+#: the agent and the bundle builder, so neither ships in this image).
+PACKAGES = ("__init__.py", "py.typed", "api", "operator")
+MODULES: tuple[str, ...] = ()
 _RECIPE = 1
 _SRC = Path(__file__).resolve().parents[1]
 
@@ -155,7 +157,7 @@ def build_image(layout: Path, tag: str = "latest") -> str:
         "--config.cmd",
         "-m",
         "--config.cmd",
-        "podckpt.webhook",
+        "podckpt.operator.webhook",
         "--config.label",
         f"org.opencontainers.image.title={IMAGE_NAME}",
     )

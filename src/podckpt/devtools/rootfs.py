@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from podckpt.devtools.debian import debian_mirror
+from podckpt.bundle.debian import debian_mirror
 
 CACHE_DIR = Path(os.environ.get("PODCKPT_CACHE", "/var/cache/podckpt"))
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.settings import OperatorSettings
 
 OWNERS: dict[str, dict[str, Any]] = {
     "replicaset": {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d4f8"},

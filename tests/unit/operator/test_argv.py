@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podckpt.webhook.argv import EmptyArgvError, ImageArgv, needs_image, original_argv
+from podckpt.operator.webhook.argv import EmptyArgvError, ImageArgv, needs_image, original_argv
 
 IMAGE = ImageArgv(entrypoint=("/entry", "--flag"), cmd=("serve", "$HOME"))
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from podckpt.kube.identity import (
+from podckpt.operator.domain.identity import (
     Identity,
     WorkloadKind,
     bounded_name,

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from podckpt.webhook.imageconfig import (
+from podckpt.operator.webhook.imageconfig import (
     Credential,
     ImageConfigError,
     ImageConfigResolver,

@@ -7,9 +7,9 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from podckpt.operator_settings import OperatorSettings
-from podckpt.webhook.argv import ImageArgv
-from podckpt.webhook.mutate import (
+from podckpt.operator.settings import OperatorSettings
+from podckpt.operator.webhook.argv import ImageArgv
+from podckpt.operator.webhook.mutate import (
     DeniedError,
     Mode,
     Namespace,

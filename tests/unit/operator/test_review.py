@@ -10,11 +10,11 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from podckpt.operator_settings import OperatorSettings
-from podckpt.webhook.handlers import WebhookState, admit
-from podckpt.webhook.imageconfig import ImageConfigResolver
-from podckpt.webhook.review import AdmissionReview, diff
-from podckpt.webhook.slots import SlotBook
+from podckpt.operator.settings import OperatorSettings
+from podckpt.operator.webhook.handlers import WebhookState, admit
+from podckpt.operator.webhook.imageconfig import ImageConfigResolver
+from podckpt.operator.webhook.review import AdmissionReview, diff
+from podckpt.operator.webhook.slots import SlotBook
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podckpt.kube import sizing
+from podckpt.operator.domain import sizing
 
 GI = 2**30
 MI = 2**20

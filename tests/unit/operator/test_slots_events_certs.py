@@ -7,10 +7,10 @@ import json
 
 from cryptography import x509
 
-from podckpt import certs
-from podckpt.controller import events
-from podckpt.controller.orphans import orphans
-from podckpt.webhook.slots import SlotBook
+from podckpt.operator import certs
+from podckpt.operator.controller import events
+from podckpt.operator.controller.orphans import orphans
+from podckpt.operator.webhook.slots import SlotBook
 
 
 def test_concurrent_admissions_get_distinct_slots() -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from podckpt.api import parse_settings
-from podckpt.controller.volumes import build_claim, claim_size, top_level_owner
-from podckpt.kube.identity import Identity, Owner, WorkloadKind
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.controller.volumes import build_claim, claim_size, top_level_owner
+from podckpt.operator.domain.identity import Identity, Owner, WorkloadKind
+from podckpt.operator.settings import OperatorSettings
 
 GI = 2**30
 DEPLOY = Owner("apps/v1", "Deployment", "web", "d-uid")

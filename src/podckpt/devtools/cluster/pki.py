@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from podckpt.certs import self_signed_ca, subject_alt_names
+from podckpt.operator.certs import self_signed_ca, subject_alt_names
 
 _VALIDITY = datetime.timedelta(days=365)
 

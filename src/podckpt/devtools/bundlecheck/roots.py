@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from podckpt.devtools.debian import debian_mirror
+from podckpt.bundle.debian import debian_mirror
 from podckpt.devtools.rootfs import RootfsError, cached_build, require_root_and_debootstrap
 
 _COUNTER = Path(__file__).resolve().parent / "counter.c"

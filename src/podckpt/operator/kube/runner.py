@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 from kopf._core.engines.peering import Identity
 
-from podckpt.operator_settings import OperatorSettings, load_settings
+from podckpt.operator.settings import OperatorSettings, load_settings
 
 from .api import KubeAPI
 

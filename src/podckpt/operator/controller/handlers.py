@@ -13,9 +13,9 @@ from typing import Any, cast
 import kopf
 
 from podckpt.api import InvalidValueError, Key, parse_settings, qualified
-from podckpt.kube.api import ApiError, KubeAPI, namespaced
-from podckpt.kube.identity import Identity, Owner, controller_owner
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.domain.identity import Identity, Owner, controller_owner
+from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
+from podckpt.operator.settings import OperatorSettings
 
 from . import events, volumes
 

@@ -1,4 +1,4 @@
-"""`python -m podckpt.controller`: the controller."""
+"""`python -m podckpt.operator.controller`: the controller."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from typing import Any
 
 import kopf
 
-from podckpt.kube import runner
-from podckpt.kube.api import ApiError, event_manifest, namespaced
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.kube import runner
+from podckpt.operator.kube.api import ApiError, event_manifest, namespaced
+from podckpt.operator.settings import OperatorSettings
 
 from . import orphans
 from .handlers import ControllerState, register
 
-logger = logging.getLogger("podckpt.controller")
+logger = logging.getLogger("podckpt.operator.controller")
 
 
 async def sweep_orphans(state: ControllerState) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
+from podckpt.api import contract
 
 #: Capabilities the webhook adds to a checkpointed container, never `privileged: true`: the
-#: agent's own list (`podckpt.agent.capabilities.REQUIRED_CAPABILITIES`, measured by the
-#: agent and bundle work) plus NET_ADMIN, which CRIU needs to dump and restore TCP sockets
-#: (socket repair mode). Kubernetes spells them without the `CAP_` prefix.
+#: agent's own list (`contract.REQUIRED_CAPABILITIES`, measured by the agent and bundle work)
+#: plus NET_ADMIN, which CRIU needs to dump and restore TCP sockets (socket repair mode).
 DEFAULT_AGENT_CAPABILITIES: tuple[str, ...] = tuple(
-    dict.fromkeys(c.removeprefix("CAP_") for c in (*REQUIRED_CAPABILITIES, "CAP_NET_ADMIN"))
+    dict.fromkeys(
+        contract.kubernetes_capability(c)
+        for c in (*contract.REQUIRED_CAPABILITIES, *contract.TCP_CAPABILITIES)
+    )
 )
 
 GIB = 2**30
@@ -50,11 +52,8 @@ class OperatorSettings(BaseSettings):
     #: Where the init container mounts the emptyDir (not /.podckpt: that would hide the
     #: image's own bundle).
     bundle_install_target: str = "/podckpt"
-    #: Where checkpointed containers mount the filled emptyDir.
-    bundle_mount_path: str = "/.podckpt"
-    agent_path: str = "/.podckpt/bin/podckpt-agent"
-    meta_mount_path: str = "/.podckpt-meta"
-    store_mount_path: str = "/.podckpt-store"
+    #: (Where checkpointed containers mount the bundle, the pod's metadata and the store is
+    #: fixed by the webhook<->agent contract, `podckpt.api.contract`, not a setting.)
     agent_capabilities: tuple[str, ...] = DEFAULT_AGENT_CAPABILITIES
 
     # -- grace period -------------------------------------------------------------------------

@@ -16,18 +16,18 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from podckpt.agent.capabilities import USER_DUMP_CAPABILITIES
 from podckpt.api import (
     CheckpointSettings,
     InvalidValueError,
     Key,
+    contract,
     injection_enabled,
     parse_settings,
     qualified,
 )
-from podckpt.kube import sizing
-from podckpt.kube.identity import Identity, WorkloadKind, resolve_identity, slot_pod_name
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.domain import sizing
+from podckpt.operator.domain.identity import Identity, WorkloadKind, resolve_identity, slot_pod_name
+from podckpt.operator.settings import OperatorSettings
 
 from .argv import ImageArgv, needs_image, original_argv
 from .review import diff
@@ -41,7 +41,7 @@ BUNDLE_VOLUME = "podckpt-bundle"
 META_VOLUME = "podckpt-meta"
 STORE_VOLUME = "podckpt-store"
 BUNDLE_INIT_CONTAINER = "podckpt-bundle"
-POD_NAME_ENV = "PODCKPT_POD_NAME"
+POD_NAME_ENV = contract.Env.POD_NAME
 
 _POD_SECURITY_ENFORCE = "pod-security.kubernetes.io/enforce"
 
@@ -333,42 +333,32 @@ def _wrap(
     op: OperatorSettings,
 ) -> None:
     name = container["name"]
-    argv = original_argv(container, image)
-    container["command"] = [
-        op.agent_path,
-        "run",
-        "--store",
-        f"{op.store_mount_path}/{store_key}/{name}",
-        "--container",
-        name,
-        "--labels-file",
-        f"{op.meta_mount_path}/labels",
-        "--annotations-file",
-        f"{op.meta_mount_path}/annotations",
-        "--",
-    ]
-    container["args"] = argv
+    run = contract.RunCommand(
+        argv=tuple(original_argv(container, image)),
+        store=f"{contract.STORE_MOUNT}/{store_key}/{name}",
+        container=name,
+        labels_file=contract.LABELS_FILE,
+        annotations_file=contract.ANNOTATIONS_FILE,
+    )
+    container["command"], container["args"] = run.container_command()
 
     mounts = container.setdefault("volumeMounts", [])
-    mounts.append({"name": BUNDLE_VOLUME, "mountPath": op.bundle_mount_path, "readOnly": True})
-    mounts.append({"name": META_VOLUME, "mountPath": op.meta_mount_path, "readOnly": True})
-    mounts.append({"name": store_volume, "mountPath": op.store_mount_path})
+    mounts.append({"name": BUNDLE_VOLUME, "mountPath": contract.BUNDLE_MOUNT, "readOnly": True})
+    mounts.append({"name": META_VOLUME, "mountPath": contract.META_MOUNT, "readOnly": True})
+    mounts.append({"name": store_volume, "mountPath": contract.STORE_MOUNT})
 
-    field_env = {
-        POD_NAME_ENV: "metadata.name",
-        "PODCKPT_POD_NAMESPACE": "metadata.namespace",
-        "PODCKPT_POD_UID": "metadata.uid",
-        "PODCKPT_NODE_NAME": "spec.nodeName",
-    }
-    env = [e for e in container.get("env") or () if e.get("name") not in field_env]
-    env += [
-        {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
-        for var, path in field_env.items()
-    ]
+    ours = set(contract.AGENT_ENV)
+    env = [e for e in container.get("env") or () if e.get("name") not in ours]
+    if f"$({POD_NAME_ENV})" in store_key:
+        # The kubelet expands $(PODCKPT_POD_NAME) in the store path of a plain pod whose name
+        # the apiserver generates; the agent removes the variable from the application's env.
+        env.append(
+            {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        )
     container["env"] = env
 
     # A checkpoint is restored only into a container of the same image and argv.
-    env.append({"name": "PODCKPT_IMAGE", "value": str(container.get("image", ""))})
+    env.append({"name": contract.Env.IMAGE, "value": str(container.get("image", ""))})
 
     security = container.setdefault("securityContext", {})
     # The agent runs as root; the user the application ran as is handed to it, so that it
@@ -378,7 +368,7 @@ def _wrap(
     original_group = security.get("runAsGroup", pod_security.get("runAsGroup"))
     needed = list(op.agent_capabilities)
     if original_user not in (None, 0) or original_group not in (None, 0):
-        needed += [c.removeprefix("CAP_") for c in USER_DUMP_CAPABILITIES]
+        needed += [contract.kubernetes_capability(c) for c in contract.USER_DUMP_CAPABILITIES]
     capabilities = security.setdefault("capabilities", {})
     add = list(capabilities.get("add") or ())
     add += [cap for cap in needed if cap not in add]
@@ -387,9 +377,9 @@ def _wrap(
         capabilities["drop"] = [c for c in capabilities["drop"] if c not in needed]
     security["seccompProfile"] = {"type": "Unconfined"}
     if original_user not in (None, 0):
-        env.append({"name": "PODCKPT_APP_UID", "value": str(original_user)})
+        env.append({"name": contract.Env.APP_UID, "value": str(original_user)})
     if original_group not in (None, 0):
-        env.append({"name": "PODCKPT_APP_GID", "value": str(original_group)})
+        env.append({"name": contract.Env.APP_GID, "value": str(original_group)})
     security["runAsUser"] = 0
     security["runAsNonRoot"] = False
 

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from podckpt.kube.api import ApiError, KubeAPI, namespaced
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
+from podckpt.operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from podckpt.kube.identity import choose_slot
+from podckpt.operator.domain.identity import choose_slot
 
 
 class SlotBook:

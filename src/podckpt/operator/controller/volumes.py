@@ -1,7 +1,7 @@
 """The checkpoint PVC of an identity, as a manifest (pure; the handler creates it).
 
 Size: `checkpoint-volume-size`, else derived from the memory limits of the checkpointed
-containers (`podckpt.kube.sizing.volume_size`: (limits + 10 % + 256 MiB) x (keep + 1)).
+containers (`podckpt.operator.domain.sizing.volume_size`: (limits + 10 % + 256 MiB) x (keep + 1)).
 Class: `checkpoint-storage-class`, else none given, so the cluster's default class applies.
 Owner: the top-level workload (Deployment, StatefulSet, Job, bare ReplicaSet), so that deleting
 the workload deletes its checkpoints through Kubernetes garbage collection, and nothing else
@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from podckpt.api import CheckpointSettings
-from podckpt.kube import sizing
-from podckpt.kube.identity import Identity, Owner
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.domain import sizing
+from podckpt.operator.domain.identity import Identity, Owner
+from podckpt.operator.settings import OperatorSettings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from podckpt.bundle.build import MOUNT_PATH
-from podckpt.bundle.roots import COUNTER
+from podckpt.devtools.bundlecheck.roots import COUNTER
 from podckpt.devtools.sandbox import Bind, Sandbox, start_sandbox
 
 PROBE = Path(__file__).resolve().parent / "probe.py"

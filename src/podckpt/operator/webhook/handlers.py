@@ -22,8 +22,8 @@ from typing import Any
 
 import kopf
 
-from podckpt.kube.api import ApiError, KubeAPI, namespaced
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
+from podckpt.operator.settings import OperatorSettings
 
 from . import mutate
 from .argv import EmptyArgvError, ImageArgv

@@ -1,4 +1,4 @@
-"""`python -m podckpt.webhook`: the mutating admission webhook server."""
+"""`python -m podckpt.operator.webhook`: the mutating admission webhook server."""
 
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from podckpt import certs
-from podckpt.kube import runner
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator import certs
+from podckpt.operator.kube import runner
+from podckpt.operator.settings import OperatorSettings
 
 from . import server
 from .handlers import WebhookState, register
 from .imageconfig import ImageConfigResolver
 from .slots import SlotBook
 
-logger = logging.getLogger("podckpt.webhook")
+logger = logging.getLogger("podckpt.operator.webhook")
 
 
 def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSettings, kopf.Memo]:

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from podckpt.kube.api import KubeAPI
-from podckpt.operator_settings import OperatorSettings
+from podckpt.operator.kube.api import KubeAPI
+from podckpt.operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,197 @@
+"""The webhook <-> agent contract, in one place.
+
+The webhook rewrites a checkpointed container (mounts, environment, capabilities, command) and
+the agent, as that container's PID 1, reads what the webhook put there. Both sides import the
+names below and nothing else spells them: a variable injected but never read, or read but never
+injected, shows up here as a name with one user.
+
+What crosses the boundary, and why each item exists:
+
+- **Mounts** (fixed paths, because the bundle's launcher and the agent's defaults are built
+  for them): the bundle (read-only emptyDir filled by the init container), the pod's labels
+  and annotations (downward API, re-read at SIGTERM so that live label changes count), the
+  checkpoint store (the identity's PVC, or the user's `checkpoint-storage-volume`).
+- **Command line** (`RunCommand`): where the store is, the container's name, the downward-API
+  files, then `--` and the application's original argv. The webhook builds it with
+  `RunCommand.container_command()`; the agent parses it with `add_run_options()`.
+- **Environment** (`Env`): only what cannot be an option: the pod name for the kubelet's
+  `$(VAR)` expansion in the store path of a plain pod whose name is generated, and values the
+  agent reads at start (image, application user). Every name in `Env` is the agent's, never
+  the application's: the agent removes all of them from the environment it starts the
+  application with (`AGENT_ENV`).
+- **Capabilities**: what CRIU needs, measured (docs/agent.md "Capabilities").
+
+Standard library only: the agent imports this inside arbitrary container images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import os
+from collections.abc import Mapping, Sequence
+
+from .keys import PREFIX_ENV
+
+# ---- mounts ----------------------------------------------------------------------------------
+
+#: Where checkpointed containers mount the bundle (the emptyDir the init container fills).
+BUNDLE_MOUNT = "/.podckpt"
+#: The agent's launcher inside the bundle: the container's new command.
+AGENT_PATH = f"{BUNDLE_MOUNT}/bin/podckpt-agent"
+#: The pod's labels and annotations as downward-API files.
+META_MOUNT = "/.podckpt-meta"
+LABELS_FILE = f"{META_MOUNT}/labels"
+ANNOTATIONS_FILE = f"{META_MOUNT}/annotations"
+#: The checkpoint volume; a container's store is `<STORE_MOUNT>/<identity>/<container>`.
+STORE_MOUNT = "/.podckpt-store"
+
+
+# ---- environment -------------------------------------------------------------------------------
+
+
+class Env(enum.StrEnum):
+    """Variables of the agent (set by the webhook, the bundle's launcher or a developer)."""
+
+    #: Set by the bundle's launcher: the bundle's directory (CRIU, helpers).
+    BUNDLE = "PODCKPT_BUNDLE"
+    #: A CRIU binary to use instead of the bundle's (tests, development).
+    CRIU = "PODCKPT_CRIU"
+    #: Defaults of `--store` and `--container` when the agent is run by hand.
+    STORE = "PODCKPT_STORE"
+    CONTAINER = "PODCKPT_CONTAINER"
+    #: Webhook, plain pods with a generated name only: `metadata.name`, which the kubelet
+    #: expands in `--store .../pod-$(PODCKPT_POD_NAME)/...`.
+    POD_NAME = "PODCKPT_POD_NAME"
+    #: Webhook: the container's image reference; a checkpoint is restored only into the same.
+    IMAGE = "PODCKPT_IMAGE"
+    #: Webhook: the user and group the application runs as (the container would have run it
+    #: as them without podckpt); the agent itself runs as root.
+    APP_UID = "PODCKPT_APP_UID"
+    APP_GID = "PODCKPT_APP_GID"
+    #: The key prefix when it is not `memverge.ai/` (read by `podckpt.api.keys`).
+    KEY_PREFIX = PREFIX_ENV
+    #: Where the last phase lines go for the kubelet (tests point it elsewhere).
+    TERMINATION_LOG = "PODCKPT_TERMINATION_LOG"
+
+
+#: Removed from the application's environment: none of ours reaches the application.
+AGENT_ENV: frozenset[str] = frozenset(Env)
+
+
+def application_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the agent's variables."""
+    return {k: v for k, v in environ.items() if k not in AGENT_ENV}
+
+
+# ---- capabilities --------------------------------------------------------------------------------
+
+#: Needed for every dump and restore (`criu --unprivileged`): CHECKPOINT_RESTORE restores PIDs
+#: with clone3 `set_tid` and reads /proc/PID/map_files; SETPCAP restores the tasks' capability
+#: sets (without it the restored task dies in rt_sigreturn).
+REQUIRED_CAPABILITIES: tuple[str, ...] = ("CAP_CHECKPOINT_RESTORE", "CAP_SETPCAP")
+
+#: Also needed when the application runs as a non-root user: the agent switches to that user
+#: for CRIU's dump (SETUID/SETGID) and reads back what CRIU wrote as that user (DAC_OVERRIDE).
+USER_DUMP_CAPABILITIES: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE")
+
+#: CRIU needs it to dump and restore TCP sockets in repair mode (`--tcp-established`).
+TCP_CAPABILITIES: tuple[str, ...] = ("CAP_NET_ADMIN",)
+
+
+def kubernetes_capability(name: str) -> str:
+    """Kubernetes spells capabilities without the `CAP_` prefix."""
+    return name.removeprefix("CAP_")
+
+
+# ---- the agent's command line ----------------------------------------------------------------
+
+STORE_OPTION = "--store"
+CONTAINER_OPTION = "--container"
+LABELS_OPTION = "--labels-file"
+ANNOTATIONS_OPTION = "--annotations-file"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCommand:
+    """`podckpt-agent run [options] -- ARGV`, as the webhook writes it and the agent reads it."""
+
+    argv: tuple[str, ...]
+    store: str | None = None
+    container: str | None = None
+    labels_file: str | None = None
+    annotations_file: str | None = None
+
+    def options(self) -> list[str]:
+        out: list[str] = []
+        for option, value in (
+            (STORE_OPTION, self.store),
+            (CONTAINER_OPTION, self.container),
+            (LABELS_OPTION, self.labels_file),
+            (ANNOTATIONS_OPTION, self.annotations_file),
+        ):
+            if value is not None:
+                out += [option, value]
+        return out
+
+    def container_command(self, agent: str = AGENT_PATH) -> tuple[list[str], list[str]]:
+        """(`command`, `args`) of the container: the agent and its options in `command`, the
+        application's argv in `args`, so that `kubectl describe` still shows the latter."""
+        return [agent, "run", *self.options(), "--"], list(self.argv)
+
+    def agent_args(self) -> list[str]:
+        """The agent's own argv (after the program name)."""
+        return ["run", *self.options(), "--", *self.argv]
+
+
+def add_run_options(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """The options of `podckpt-agent run`, with their defaults from `environ`."""
+    parser.add_argument(
+        STORE_OPTION,
+        dest="store",
+        default=environ.get(Env.STORE),
+        help=f"this container's checkpoint store directory (default ${Env.STORE};"
+        " without one the agent only supervises)",
+    )
+    parser.add_argument(
+        CONTAINER_OPTION,
+        dest="container",
+        default=environ.get(Env.CONTAINER),
+        help="container name recorded in and checked against the store"
+        f" (default ${Env.CONTAINER}, else the store directory's name)",
+    )
+    parser.add_argument(
+        LABELS_OPTION,
+        dest="labels_file",
+        help="downward-API file of the pod's labels, re-read at SIGTERM"
+        " (without it checkpointing is on)",
+    )
+    parser.add_argument(
+        ANNOTATIONS_OPTION,
+        dest="annotations_file",
+        help="downward-API file of the pod's annotations",
+    )
+    parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- the application's command")
+
+
+def run_command_from(namespace: argparse.Namespace) -> RunCommand:
+    """The parsed options as a `RunCommand` (the argv without its leading `--`)."""
+    argv: Sequence[str] = namespace.argv
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    return RunCommand(
+        argv=tuple(argv),
+        store=namespace.store,
+        container=namespace.container,
+        labels_file=namespace.labels_file,
+        annotations_file=namespace.annotations_file,
+    )
+
+
+def parse_run_args(args: Sequence[str], environ: Mapping[str, str] | None = None) -> RunCommand:
+    """Parse `run`'s arguments (after `run`) the way the agent does; for the webhook's tests
+    and tools (the agent itself builds its parser with `add_run_options`)."""
+    parser = argparse.ArgumentParser(prog="podckpt-agent run", exit_on_error=False)
+    add_run_options(parser, os.environ if environ is None else environ)
+    return run_command_from(parser.parse_args(list(args)))
