@@ -149,6 +149,7 @@ class Operator:
                 "PODCKPT_WEBHOOK_EXTRA_NAMES": json.dumps(["127.0.0.1"]),
                 # tests delete pods seconds after creating them
                 "PODCKPT_SLOT_RESERVATION_SECONDS": "2",
+                "PODCKPT_SLOT_LOST_AFTER_SECONDS": "3",
                 "PODCKPT_ORPHAN_SWEEP_SECONDS": "3",
                 "PYTHONPATH": str(REPO / "src"),
                 "MALLOC_ARENA_MAX": "2",  # as in the shipped Deployments

@@ -52,6 +52,12 @@ class OperatorSettings(BaseSettings):
     #: Where the init container mounts the emptyDir (not /.podckpt: that would hide the
     #: image's own bundle).
     bundle_install_target: str = "/podckpt"
+    #: `sizeLimit` of the bundle's emptyDir (the bundle is 45 MB, docs/bundle.md); the pod's
+    #: ephemeral-storage limit, if it has one, is raised by as much (docs/operator.md).
+    bundle_volume_bytes: int = 64 * MIB
+    #: Memory the agent and CRIU use in a checkpointed container (measured: docs/benchmarks.md
+    #: "Footprint"); a container's memory limit, if it has one, is raised by as much.
+    agent_memory_bytes: int = 64 * MIB
     #: (Where checkpointed containers mount the bundle, the pod's metadata and the store is
     #: fixed by the webhook<->agent contract, `podckpt.api.contract`, not a setting.)
     agent_capabilities: tuple[str, ...] = DEFAULT_AGENT_CAPABILITIES
@@ -103,6 +109,10 @@ class OperatorSettings(BaseSettings):
     #: pods created at once get distinct slots without a retry. Longer would keep a slot from
     #: the replacement of a pod deleted right after its creation.
     slot_reservation_seconds: float = 5.0
+    #: A deleted slot pod still there this long after its deadline (deletion + grace period)
+    #: is taken as lost with its node or kubelet: its replacement takes the slot under the
+    #: next name instead of waiting forever (`podckpt.operator.domain.slots`).
+    slot_lost_after_seconds: float = 30.0
 
     # -- controller ---------------------------------------------------------------------------
     orphan_sweep_seconds: float = 600.0

@@ -10,10 +10,8 @@ from podckpt.operator.domain.identity import (
     Identity,
     WorkloadKind,
     bounded_name,
-    choose_slot,
     label_value,
     resolve_identity,
-    slot_pod_name,
 )
 
 
@@ -57,7 +55,6 @@ def test_deployment_pod_needs_a_slot(make_pod: Any) -> None:
     assert identity.needs_slot
     slotted = identity.with_slot(2)
     assert slotted.claim_name == "podckpt-deployment-web-2"
-    assert slot_pod_name(identity, 2) == "web-slot-2"
 
 
 def test_bare_replicaset_is_its_own_workload(make_pod: Any) -> None:
@@ -87,26 +84,3 @@ def test_long_names_stay_valid_and_distinct() -> None:
     assert bounded_name(a) != bounded_name(b)
     assert len(label_value(a)) <= 63
     assert label_value(a) != label_value(b)
-
-
-def test_slot_is_the_lowest_not_held_by_a_running_pod() -> None:
-    assert choose_slot({}) == 0
-    assert choose_slot({0: False, 1: False}) == 2
-    assert choose_slot({0: False, 2: False}) == 1
-
-
-def test_replacement_takes_the_slot_of_the_terminating_pod() -> None:
-    # slot 0's pod is being checkpointed: the replacement waits for it (same pod name)
-    assert choose_slot({0: True, 1: False}) == 0
-
-
-def test_reservations_never_hide_a_terminating_slot() -> None:
-    assert choose_slot({0: True}, [0]) == 0
-    assert choose_slot({0: False}, [1]) == 2
-
-
-def test_concurrent_reservations_get_distinct_slots() -> None:
-    reserved: list[int] = []
-    for _ in range(3):
-        reserved.append(choose_slot({}, reserved))
-    assert reserved == [0, 1, 2]

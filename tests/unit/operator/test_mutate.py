@@ -7,6 +7,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.argv import ImageArgv
 from podckpt.operator.webhook.mutate import (
@@ -267,7 +268,10 @@ def test_injected_pod(make_pod: Any, op: OperatorSettings) -> None:
     assert security["runAsUser"] == 0
     assert {"name": "PODCKPT_APP_UID", "value": "1000"} in app["env"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["podckpt-bundle"] == {"name": "podckpt-bundle", "emptyDir": {}}
+    assert volumes["podckpt-bundle"] == {
+        "name": "podckpt-bundle",
+        "emptyDir": {"sizeLimit": "64Mi"},
+    }
     assert volumes["podckpt-store"]["persistentVolumeClaim"]["claimName"] == (
         "podckpt-statefulset-db-0"
     )
@@ -308,8 +312,8 @@ def test_deployment_pod_gets_its_slot_as_name_and_claim(
     p = planned(pod, op)
     with pytest.raises(ValueError, match="slot"):
         build(pod, p, {}, op)
-    new = build(pod, p, {}, op, slot=1)
-    assert new["metadata"]["name"] == "web-slot-1"
+    new = build(pod, p, {}, op, slot=SlotChoice(1, "web-slot-1-2"))
+    assert new["metadata"]["name"] == "web-slot-1-2"
     assert new["metadata"]["labels"][op.annotation("slot-group")] == "deployment-web"
     assert new["metadata"]["labels"][op.annotation("slot")] == "1"
     assert new["metadata"]["annotations"][op.annotation("claim")] == "podckpt-deployment-web-1"
@@ -340,3 +344,50 @@ def test_restricted_namespace_gets_a_pod_security_warning(
     ns = Namespace("ns", labels={"pod-security.kubernetes.io/enforce": "baseline"})
     p = planned(make_pod(name="db-0", owner="statefulset", labels=ON), op, ns)
     assert any("Pod Security" in w for w in p.warnings)
+
+
+def test_our_footprint_never_counts_against_the_applications_limits(
+    make_pod: Any, op: OperatorSettings
+) -> None:
+    """The bundle's emptyDir counts against the pod's ephemeral storage and the agent runs in
+    the container's memory cgroup: limits are raised by exactly that, and requests with them
+    so that a Guaranteed pod stays Guaranteed."""
+    limits = {"memory": "1Gi", "ephemeral-storage": "40Mi", "cpu": "1"}
+    containers = [
+        {
+            "name": "app",
+            "image": "r/app:1",
+            "command": ["/app"],
+            "resources": {"limits": dict(limits), "requests": dict(limits)},
+        },
+        {"name": "side", "image": "r/side:1", "command": ["/side"]},
+    ]
+    pod = make_pod(name="db-0", owner="statefulset", labels=ON, containers=containers)
+    p = planned(pod, op)
+    new = build(pod, p, {}, op)
+    app = new["spec"]["containers"][0]["resources"]
+    assert app["limits"] == {"memory": "1088Mi", "ephemeral-storage": "104Mi", "cpu": "1"}
+    assert app["requests"] == app["limits"], "QoS class Guaranteed is kept"
+    assert "resources" not in new["spec"]["containers"][1], "no limit, nothing to exceed"
+    assert any("ephemeral-storage of container app by 64Mi" in w for w in p.warnings)
+    assert any("memory of container app by 64Mi" in w for w in p.warnings)
+    bundle = next(v for v in new["spec"]["volumes"] if v["name"] == "podckpt-bundle")
+    assert bundle["emptyDir"]["sizeLimit"] == "64Mi", "our footprint is bounded"
+
+
+def test_pod_level_limits_are_raised_instead(make_pod: Any, op: OperatorSettings) -> None:
+    pod = make_pod(name="db-0", owner="statefulset", labels=ON)
+    pod["spec"]["resources"] = {"limits": {"ephemeral-storage": "100Mi", "memory": "2Gi"}}
+    new = build(pod, planned(pod, op), {}, op)
+    assert new["spec"]["resources"]["limits"] == {
+        "ephemeral-storage": "164Mi",
+        "memory": "2112Mi",
+    }
+
+
+def test_a_pod_without_limits_gets_none(make_pod: Any, op: OperatorSettings) -> None:
+    containers = [{"name": "app", "image": "r/app:1", "command": ["/app"]}]
+    pod = make_pod(name="db-0", owner="statefulset", labels=ON, containers=containers)
+    p = planned(pod, op)
+    assert p.raises == ()
+    assert "resources" not in build(pod, p, {}, op)["spec"]["containers"][0]

@@ -1,4 +1,4 @@
-"""Slot reservations, agent lines to Events, the webhook certificate."""
+"""Agent lines to Events, orphans, the webhook certificate."""
 
 from __future__ import annotations
 
@@ -10,41 +10,6 @@ from cryptography import x509
 from podckpt.operator import certs
 from podckpt.operator.controller import events
 from podckpt.operator.controller.orphans import orphans
-from podckpt.operator.webhook.slots import SlotBook
-
-
-def test_concurrent_admissions_get_distinct_slots() -> None:
-    book = SlotBook(ttl_seconds=60)
-    slots = [book.assign("ns", "deployment-web", []) for _ in range(3)]
-    assert slots == [0, 1, 2]
-
-
-def test_reservation_ends_when_the_pod_shows_up_live() -> None:
-    book = SlotBook(ttl_seconds=60)
-    assert book.assign("ns", "g", []) == 0
-    assert book.assign("ns", "g", [(0, False)]) == 1
-    assert set(book.reserved("ns", "g")) == {1}
-
-
-def test_expired_reservations_are_forgotten() -> None:
-    book = SlotBook(ttl_seconds=-1)
-    assert book.assign("ns", "g", []) == 0
-    assert book.assign("ns", "g", []) == 0
-
-
-def test_dry_run_reserves_nothing() -> None:
-    book = SlotBook(ttl_seconds=60)
-    assert book.assign("ns", "g", [], reserve=False) == 0
-    assert book.reserved("ns", "g") == {}
-
-
-def test_replacement_of_a_terminating_pod_waits_for_its_slot() -> None:
-    book = SlotBook(ttl_seconds=60)
-    assert book.assign("ns", "g", [(0, True), (1, False)]) == 0
-    # the replacement's retry (AlreadyExists while the old pod dumps) asks for it again
-    assert book.assign("ns", "g", [(0, True), (1, False)]) == 0
-    # once the old pod is gone the slot is simply free
-    assert book.assign("ns", "g", [(1, False)]) == 0
 
 
 def _line(**fields: object) -> str:

@@ -3,7 +3,7 @@
 An identity names one checkpoint store: one dynamic PVC (`claim_name`) and one directory on
 the volume (`key`). It is decided at admission from what the pod already carries (its
 controller ownerReference, the StatefulSet pod index, the Job completion index) and, for
-ReplicaSet/Deployment pods, from a slot chosen by the webhook (`choose_slot`, see
+ReplicaSet/Deployment pods, from a slot chosen by the webhook (`slots.choose_slot`, see
 docs/architecture.md, "Identity").
 """
 
@@ -13,7 +13,7 @@ import dataclasses
 import enum
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 #: Well-known labels and annotations Kubernetes puts on controller-made pods.
@@ -145,8 +145,8 @@ def resolve_identity(pod: Body) -> Identity:
     """The identity a new pod belongs to, from what it carries at admission.
 
     Deployment and ReplicaSet identities come back without an index: the caller must choose a
-    slot (`choose_slot`). A pod of any other controller kind (DaemonSet, custom controllers) is
-    treated as a plain pod: it needs its own `checkpoint-storage-volume`.
+    slot (`slots.choose_slot`). A pod of any other controller kind (DaemonSet, custom
+    controllers) is treated as a plain pod: it needs its own `checkpoint-storage-volume`.
     """
     meta = pod.get("metadata", {})
     owner = controller_owner(pod)
@@ -180,29 +180,3 @@ def owner_of(pod: Body) -> Owner | None:
     ):
         return owner
     return None
-
-
-def slot_pod_name(identity: Identity, slot: int) -> str:
-    """Name of the pod holding `slot`: the apiserver's name uniqueness is the slot's lock."""
-    return bounded_name(f"{identity.workload}-slot-{slot}")
-
-
-def choose_slot(
-    held: Mapping[int, bool], reserved: Iterable[int] = (), *, limit: int = 10_000
-) -> int:
-    """The slot a new replica takes.
-
-    `held` maps the slots of live pods to whether that pod is terminating. A slot whose pod is
-    terminating is the one the replacement should take: its checkpoint is being written right
-    now, and the replacement's create fails with AlreadyExists (the pod name is the slot) until
-    the old pod is gone, so it restores that checkpoint. Free slots reserved by concurrent
-    admissions of this webhook replica are skipped; a terminating pod's slot is never skipped
-    for a reservation (the replacement's retries must keep asking for it; the pod name
-    serializes them).
-    """
-    taken = {slot for slot, terminating in held.items() if not terminating}
-    taken.update(slot for slot in reserved if slot not in held)
-    for slot in range(limit):
-        if slot not in taken:
-            return slot
-    raise ValueError("no free slot")  # pragma: no cover - ten thousand replicas

@@ -87,3 +87,80 @@ def format_bytes(size: int) -> str:
 
 def _round_mib(size: int) -> int:
     return max(1, math.ceil(size / MIB)) * MIB
+
+
+@dataclasses.dataclass(frozen=True)
+class Raise:
+    """A limit the webhook raises by podckpt's own footprint: `container` None is the pod-level
+    `spec.resources`."""
+
+    resource: str
+    container: str | None
+    by_bytes: int
+    why: str
+
+    def describe(self) -> str:
+        where = f"container {self.container}" if self.container else "the pod"
+        return (
+            f"raised limits.{self.resource} of {where} by {format_bytes(self.by_bytes)}"
+            f" for {self.why}"
+        )
+
+
+def _limit(resources: Mapping[str, Any] | None, resource: str) -> int | None:
+    value = ((resources or {}).get("limits") or {}).get(resource)
+    if value is None:
+        return None
+    try:
+        return parse_quantity(f"resources.limits.{resource}", str(value))
+    except InvalidValueError:
+        return None
+
+
+def footprint_raises(
+    spec: Mapping[str, Any], checkpointed: Iterable[str], *, bundle_bytes: int, agent_bytes: int
+) -> list[Raise]:
+    """The limits to raise so that what podckpt adds never counts against the application.
+
+    - The bundle's emptyDir counts against the pod's ephemeral storage, whose limit is the
+      pod-level one or else the sum of the containers' limits: one of them is raised by the
+      emptyDir's `sizeLimit` (a checkpointed container's if it has one).
+    - The agent and CRIU run in each checkpointed container's memory cgroup: its memory
+      limit (and the pod-level one) is raised by their footprint.
+    Without a limit nothing is raised: nothing can be exceeded.
+    """
+    names = list(checkpointed)
+    containers = [c for c in spec.get("containers") or () if c.get("name")]
+    raises: list[Raise] = []
+    bundle = "the agent bundle (emptyDir podckpt-bundle)"
+    if _limit(spec.get("resources"), "ephemeral-storage") is not None:
+        raises.append(Raise("ephemeral-storage", None, bundle_bytes, bundle))
+    else:
+        limited = [c["name"] for c in containers if _limit(c.get("resources"), "ephemeral-storage")]
+        preferred = [n for n in limited if n in names] or limited
+        if preferred:
+            raises.append(Raise("ephemeral-storage", preferred[0], bundle_bytes, bundle))
+    agent = "the checkpoint agent and CRIU"
+    for container in containers:
+        if container["name"] in names and _limit(container.get("resources"), "memory"):
+            raises.append(Raise("memory", container["name"], agent_bytes, agent))
+    if _limit(spec.get("resources"), "memory") is not None and names:
+        raises.append(Raise("memory", None, agent_bytes * len(names), agent))
+    return raises
+
+
+def apply_raise(spec: dict[str, Any], item: Raise) -> None:
+    """Raise the limit (and an explicit request, which keeps the pod's QoS class)."""
+    if item.container is None:
+        resources = spec.setdefault("resources", {})
+    else:
+        container = next(c for c in spec["containers"] if c.get("name") == item.container)
+        resources = container.setdefault("resources", {})
+    for kind in ("limits", "requests"):
+        values = resources.get(kind) or {}
+        current = _limit({"limits": values}, item.resource)
+        if current is None:
+            continue
+        total = current + item.by_bytes
+        values[item.resource] = f"{total // MIB}Mi" if total % MIB == 0 else str(total)
+        resources[kind] = values

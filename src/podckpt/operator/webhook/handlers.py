@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ from typing import Any
 
 import kopf
 
+from podckpt.operator.domain.identity import Identity
+from podckpt.operator.domain.slots import Holder, SlotChoice, holder_state
 from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
 from podckpt.operator.settings import OperatorSettings
 
@@ -75,11 +78,11 @@ async def namespace_event(
         state.namespaces[name] = (dict(body.metadata.labels), dict(body.metadata.annotations))
 
 
-async def slot_holders(state: WebhookState, namespace: str, group: str) -> list[tuple[int, bool]]:
-    """(slot, terminating) of the live pods of a slot group, read from the API server.
+async def slot_holders(state: WebhookState, namespace: str, group: str) -> list[Holder]:
+    """The pods of a slot group (live, terminating or gone), read from the API server.
 
     A quorum read, not a watch cache: a replacement created right after its predecessor was
-    deleted must see the slot free, and a watch may lag by that much.
+    deleted must see the slot's state as it is, and a watch may lag by that much.
     """
     op = state.op
     if state.api is None:
@@ -89,13 +92,43 @@ async def slot_holders(state: WebhookState, namespace: str, group: str) -> list[
         result = await state.api.get(namespaced("pods", namespace), labelSelector=selector)
     except ApiError as exc:
         raise Denied(f"podckpt: cannot list slot holders: {exc}", code=500) from None
-    holders: list[tuple[int, bool]] = []
+    now = dt.datetime.now(dt.UTC)
+    lost_after = dt.timedelta(seconds=op.slot_lost_after_seconds)
+    holders: list[Holder] = []
     for item in result.get("items") or ():
         meta = item.get("metadata") or {}
         slot = (meta.get("labels") or {}).get(op.annotation("slot"), "")
-        if slot.isdigit():
-            holders.append((int(slot), meta.get("deletionTimestamp") is not None))
+        if slot.isdigit() and meta.get("name"):
+            holders.append(Holder(int(slot), meta["name"], holder_state(item, now, lost_after)))
     return holders
+
+
+async def _name_exists(state: WebhookState, namespace: str, name: str) -> bool:
+    """Whether a pod of this name exists (one without our slot labels squats a slot name)."""
+    assert state.api is not None  # slot_holders checked it
+    try:
+        await state.api.get(namespaced("pods", namespace, name))
+    except ApiError as exc:
+        if exc.not_found:
+            return False
+        raise Denied(f"podckpt: cannot read pod {name}: {exc}", code=500) from None
+    return True
+
+
+async def choose_slot(
+    state: WebhookState, namespace: str, identity: Identity, *, dry_run: bool
+) -> SlotChoice:
+    """The slot and pod name of a new Deployment/ReplicaSet pod (`domain.slots`)."""
+    holders = await slot_holders(state, namespace, identity.slot_group)
+    squatted: list[str] = []
+    for _ in range(3):
+        choice = state.slots.assign(
+            namespace, identity, holders, taken_names=squatted, reserve=not dry_run
+        )
+        if choice.waits or not await _name_exists(state, namespace, choice.name):
+            return choice
+        squatted.append(choice.name)
+    return choice
 
 
 async def _pull_credentials(
@@ -177,9 +210,9 @@ async def _mutate(
     images = await _resolve_images(state, namespace, pod, plan.images)
     slot = None
     if plan.identity.needs_slot:
-        group = plan.identity.slot_group
-        holders = await slot_holders(state, namespace, group)
-        slot = state.slots.assign(namespace, group, holders, reserve=not request.get("dryRun"))
+        slot = await choose_slot(
+            state, namespace, plan.identity, dry_run=bool(request.get("dryRun"))
+        )
     try:
         mutated = mutate.build(pod, plan, images, state.op, slot=slot)
     except EmptyArgvError as exc:

@@ -26,7 +26,8 @@ from podckpt.api import (
     qualified,
 )
 from podckpt.operator.domain import sizing
-from podckpt.operator.domain.identity import Identity, WorkloadKind, resolve_identity, slot_pod_name
+from podckpt.operator.domain.identity import Identity, WorkloadKind, resolve_identity
+from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
 
 from .argv import ImageArgv, needs_image, original_argv
@@ -83,6 +84,8 @@ class Plan:
     #: Containers whose argv must be read from their image (name -> image reference).
     images: Mapping[str, str]
     warnings: tuple[str, ...]
+    #: Limits raised by podckpt's own footprint (bundle emptyDir, agent and CRIU memory).
+    raises: tuple[sizing.Raise, ...] = ()
 
 
 def _meta(pod: Mapping[str, Any], field: str) -> dict[str, str]:
@@ -211,7 +214,11 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
             f"podckpt: no memory limit on container(s) {', '.join(memory.unlimited)}; the grace"
             f" period and volume size assume {assumed} each"
         )
-    return Plan(mode, settings, selected, identity, images, tuple(warnings))
+    raises = sizing.footprint_raises(
+        spec, selected, bundle_bytes=op.bundle_volume_bytes, agent_bytes=op.agent_memory_bytes
+    )
+    warnings += [f"podckpt: {r.describe()}" for r in raises]
+    return Plan(mode, settings, selected, identity, images, tuple(warnings), tuple(raises))
 
 
 def store_key(identity: Identity) -> str:
@@ -228,10 +235,10 @@ def build(
     images: Mapping[str, ImageArgv],
     op: OperatorSettings,
     *,
-    slot: int | None = None,
+    slot: SlotChoice | None = None,
 ) -> Pod:
     """The rewritten pod. `images` holds the config of every image in `plan.images`; `slot`
-    is required for Deployment and ReplicaSet pods."""
+    (the slot and its pod name) is required for Deployment and ReplicaSet pods."""
     new: Pod = copy.deepcopy(dict(pod))
     meta = new.setdefault("metadata", {})
     spec = new.setdefault("spec", {})
@@ -239,11 +246,11 @@ def build(
     if identity.needs_slot:
         if slot is None:
             raise ValueError("a Deployment or ReplicaSet pod needs a slot")
-        identity = identity.with_slot(slot)
-        meta["name"] = slot_pod_name(identity, slot)
+        identity = identity.with_slot(slot.slot)
+        meta["name"] = slot.name
         labels = meta.setdefault("labels", {})
         labels[op.annotation("slot-group")] = identity.slot_group
-        labels[op.annotation("slot")] = str(slot)
+        labels[op.annotation("slot")] = str(slot.slot)
 
     storage_volume = plan.settings.storage_volume
     annotations = meta.setdefault("annotations", {})
@@ -258,7 +265,12 @@ def build(
         store_volume = storage_volume
 
     volumes = spec.setdefault("volumes", [])
-    volumes.append({"name": BUNDLE_VOLUME, "emptyDir": {}})
+    volumes.append(
+        {
+            "name": BUNDLE_VOLUME,
+            "emptyDir": {"sizeLimit": sizing.format_bytes(op.bundle_volume_bytes)},
+        }
+    )
     volumes.append(
         {
             "name": META_VOLUME,
@@ -294,6 +306,8 @@ def build(
         (c for c in spec.get("containers") or () if c["name"] in plan.containers),
         op.assumed_memory_bytes,
     )
+    for item in plan.raises:
+        sizing.apply_raise(spec, item)
     grace = sizing.grace_period_seconds(
         memory.total, bytes_per_second=op.dump_bytes_per_second, base_seconds=op.grace_base_seconds
     )

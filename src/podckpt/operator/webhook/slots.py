@@ -1,11 +1,12 @@
 """Deployment and ReplicaSet slots, handed out at admission without side effects.
 
-Live slot holders come from a quorum LIST of the group's pods; admissions of this webhook
-replica whose pods are not in that list yet are kept as short-lived reservations.
-Choosing and reserving happen without an `await` in between, so concurrent admissions in one
-process cannot take the same slot. Across webhook replicas, the slot is the pod's name, and the
-API server refuses a second pod of that name: the loser's controller retries, and the next
-admission sees the slot taken. See docs/architecture.md, "Identity".
+The rules are pure (`podckpt.operator.domain.slots`); this module keeps the one piece of state
+they need: reservations. Slot holders come from a quorum LIST of the group's pods; admissions
+of this webhook replica whose pods are not in that list yet are kept as short-lived
+reservations. Choosing and reserving happen without an `await` in between, so concurrent
+admissions in one process cannot take the same slot. Across webhook replicas, the slot's pod
+name is the lock: the API server refuses a second pod of that name, the loser's controller
+retries, and the next admission sees the slot taken. See docs/architecture.md, "Identity".
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from podckpt.operator.domain.identity import choose_slot
+from podckpt.operator.domain.identity import Identity
+from podckpt.operator.domain.slots import Holder, HolderState, SlotChoice, choose_slot
 
 
 class SlotBook:
@@ -26,32 +28,32 @@ class SlotBook:
     def assign(
         self,
         namespace: str,
-        group: str,
-        holders: Iterable[tuple[int, bool]],
+        identity: Identity,
+        holders: Iterable[Holder],
         *,
+        taken_names: Iterable[str] = (),
         reserve: bool = True,
-    ) -> int:
-        """The slot for a new pod of `group`; `holders` are (slot, terminating) of live pods."""
+    ) -> SlotChoice:
+        """The slot and pod name for a new pod of `identity`'s slot group."""
         now = time.monotonic()
-        held: dict[int, bool] = {}
-        for slot, terminating in holders:
-            held[slot] = held.get(slot, True) and terminating
-        key = (namespace, group)
+        holders = list(holders)
+        # A reservation ends early once a live or terminating pod holds its slot (the pod it
+        # was made for, stored; or that pod deleted already). A finished pod does not end it.
+        held = {h.slot for h in holders if h.state is not HolderState.GONE}
+        key = (namespace, identity.slot_group)
         reservations = {
             slot: expiry
             for slot, expiry in self._reserved.get(key, {}).items()
-            if expiry > now and held.get(slot, True)
+            if expiry > now and slot not in held
         }
-        slot = choose_slot(held, reservations)
-        # A slot still held by a terminating pod is not reserved: the pod name serializes the
-        # contenders, and the replacement's retries must get it once the old pod is gone.
-        if reserve and slot not in held:
-            reservations[slot] = now + self._ttl
+        choice = choose_slot(identity, holders, reservations, taken_names=taken_names)
+        if reserve and not choice.waits:
+            reservations[choice.slot] = now + self._ttl
         if reservations:
             self._reserved[key] = reservations
         else:
             self._reserved.pop(key, None)
-        return slot
+        return choice
 
     def reserved(self, namespace: str, group: str) -> Mapping[int, float]:
         return dict(self._reserved.get((namespace, group), {}))
