@@ -104,15 +104,16 @@ async def slot_holders(state: WebhookState, namespace: str, group: str) -> list[
 
 
 async def _name_exists(state: WebhookState, namespace: str, name: str) -> bool:
-    """Whether a pod of this name exists (one without our slot labels squats a slot name)."""
+    """Whether a pod of this name exists (one without our slot labels squats a slot name).
+    A LIST by name, which the webhook's RBAC already allows (no `get` on pods)."""
     assert state.api is not None  # slot_holders checked it
     try:
-        await state.api.get(namespaced("pods", namespace, name))
+        result = await state.api.get(
+            namespaced("pods", namespace), fieldSelector=f"metadata.name={name}"
+        )
     except ApiError as exc:
-        if exc.not_found:
-            return False
-        raise Denied(f"podckpt: cannot read pod {name}: {exc}", code=500) from None
-    return True
+        raise Denied(f"podckpt: cannot list pod {name}: {exc}", code=500) from None
+    return bool(result.get("items"))
 
 
 async def choose_slot(
