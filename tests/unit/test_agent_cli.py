@@ -5,6 +5,7 @@ neither root nor CRIU."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,22 +78,45 @@ def test_malformed_downward_file(tmp_path: Path) -> None:
     assert str(labels) in _error_line(done)
 
 
-def test_unknown_store_layout(tmp_path: Path) -> None:
-    store = tmp_path / "app"
-    store.mkdir()
-    (store / "store.json").write_text('{"layout": 42, "container": "app"}')
-    done = _run("run", "--store", str(store), "--", "true")
-    assert done.returncode == exitcodes.AGENT_FAILURE
-    assert "unknown layout version 42" in _error_line(done)
+def _dormant(tmp_path: Path) -> list[str]:
+    """A dormant agent (checkpoint-mode false) needs no CRIU: the store is still opened."""
+    labels = tmp_path / "labels"
+    labels.write_text(format_downward_text({"memverge.ai/checkpoint-mode": "false"}))
+    return ["--labels-file", str(labels)]
 
 
-def test_store_of_another_container(tmp_path: Path) -> None:
+def _records(done: subprocess.CompletedProcess[str], phase: str) -> list[dict[str, object]]:
+    return [
+        r
+        for r in (json.loads(line) for line in done.stderr.splitlines() if line.startswith("{"))
+        if r["phase"] == phase
+    ]
+
+
+@pytest.mark.parametrize(
+    ("meta", "why"),
+    [
+        ('{"layout": 42, "container": "app"}', "unknown layout version 42"),
+        ('{"layout": 1, "container": "web"}', "belongs to container 'web', not 'app'"),
+    ],
+)
+def test_unusable_store_starts_the_application_without_checkpoints(
+    tmp_path: Path, meta: str, why: str
+) -> None:
+    """A store written by another podckpt release or for another container is left as it is
+    and never crash-loops the container (exit 200 at every start): the application starts
+    fresh, and the log line (a Warning event) says why (issue 14.5)."""
     store = tmp_path / "app"
-    store.mkdir()
-    (store / "store.json").write_text('{"layout": 1, "container": "web"}')
-    done = _run("run", "--store", str(store), "--container", "app", "--", "true")
-    assert done.returncode == exitcodes.AGENT_FAILURE
-    assert "belongs to container 'web', not 'app'" in _error_line(done)
+    (store / "generations").mkdir(parents=True)
+    (store / "store.json").write_text(meta)
+    done = _run("run", "--store", str(store), *_dormant(tmp_path), "--", "sh", "-c", "exit 7")
+    assert done.returncode == 7, done.stderr
+    assert "Traceback" not in done.stderr
+    (unusable,) = _records(done, "store")
+    assert unusable["outcome"] == "unusable"
+    assert why in str(unusable["error"])
+    assert str(store / "store.json") in str(unusable["error"])
+    assert (store / "store.json").read_text() == meta, "left exactly as it was"
 
 
 def test_too_old_criu_is_an_error_at_start(tmp_path: Path, fake_criu: Path) -> None:

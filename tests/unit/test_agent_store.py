@@ -56,11 +56,11 @@ def test_commit_writes_manifest_with_checksums_and_moves_latest(tmp_path: Path) 
     gen = _commit(store)
     assert store.latest_name() == gen.name
     manifest = json.loads((gen.path / "manifest.json").read_text())
-    assert manifest["format"] == 1
+    assert manifest["format"] == 2
     assert manifest["container"] == "app"
     assert set(manifest["checksums"]) == {"images/pages-1.img", "files/log.txt"}
     assert manifest["checksums"]["images/pages-1.img"]["size"] == 5
-    assert store.verify(gen)["generation"] == gen.name
+    assert store.verify(gen).generation == gen.name
     assert [g.name for g in store.candidates()] == [gen.name]
 
 
@@ -78,7 +78,7 @@ def test_uncommitted_dump_is_ignored_and_cleaned(tmp_path: Path) -> None:
     half = _dump(store)  # killed before its manifest
     assert store.latest_name() == good.name
     assert [g.name for g in store.candidates()] == [good.name]
-    assert store.cleanup() == [half.name]
+    assert [r.name for r in store.cleanup()] == [half.name]
     assert not half.path.exists()
     assert good.path.exists()
 
@@ -89,7 +89,7 @@ def test_manifest_without_latest_is_not_committed(tmp_path: Path) -> None:
     late = _dump(store)
     (late.path / "manifest.json").write_text(json.dumps({"format": 1}))  # killed before LATEST
     assert [g.name for g in store.candidates()] == [good.name]
-    assert store.cleanup() == [late.name]
+    assert [r.name for r in store.cleanup()] == [late.name]
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,7 @@ def dump(
                     ),
                     gen.path / "dump.log",
                     preexec=preexec,
+                    umask=0o077,
                 )
             except CriuFailedError as exc:
                 raise _explain_full(ctx, exc) from exc
@@ -196,6 +197,8 @@ def dump(
                     "lineage_start": ctx.lineage_start,
                     "workload": ctx.workload,
                     "saved_files": [e["path"] for e in saved if e["kind"] != "dir"],
+                    # The only setuid/setgid files a restore will create (files.load_entries).
+                    "setid_files": [e["path"] for e in saved if files.setid(e)],
                     "criu_stats": result.stats,
                 },
             )

@@ -75,7 +75,7 @@ def request(container: str | None, op: str, timeout: float = 600.0) -> dict[str,
             raise AgentError(f"cannot talk to the agent of container {container}: {exc}") from exc
     try:
         result = json.loads(answer)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise AgentError(f"the agent of container {container} gave no answer") from None
     if not isinstance(result, dict):
         raise AgentError(f"the agent of container {container} gave a malformed answer")
@@ -89,7 +89,7 @@ def encode(answer: dict[str, Any]) -> bytes:
 def decode_op(request: bytes) -> str | None:
     try:
         body = json.loads(request)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, or a nesting bomb
         return None
     op = body.get("op") if isinstance(body, dict) else None
     return op if isinstance(op, str) else None

@@ -170,11 +170,13 @@ def run(
     pass_fds: Sequence[int] = (),
     timeout: float | None = None,
     preexec: Callable[[], None] | None = None,
+    umask: int = -1,
 ) -> CriuResult:
     """Run `criu ACTION ARGS -o LOG -v4 --display-stats`; raise on failure, return statistics.
 
     CRIU's stdout/stderr are captured (never the container's): its statistics come from there.
     `preexec` runs in the child before the exec (asuser.preexec: CRIU as the application's user).
+    `umask` (a dump's 0o077): what CRIU creates in the store is private from the start.
     """
     import subprocess  # noqa: PLC0415 - not needed before the application starts
 
@@ -191,6 +193,7 @@ def run(
             timeout=timeout,
             check=False,
             preexec_fn=preexec,
+            umask=umask,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise CriuRunError(f"cannot run criu {action}: {exc}") from exc

@@ -22,8 +22,10 @@ from .errors import (
     FilesError,
     GenerationInvalidError,
 )
+from .inputs import BadInput, read_token
 from .log import Timer
-from .store import FAILED, Generation
+from .manifest import Manifest
+from .store import FAILED, Generation, Removed
 
 _INHERITABLE = ("pipe:", "socket:")
 _FD_BASE = 100  # the new stdio is passed to CRIU at fds 100-102, its own stdio stays captured
@@ -33,8 +35,14 @@ _FD_BASE = 100  # the new stdio is passed to CRIU at fds 100-102, its own stdio 
 class Restored:
     generation: str
     root_pid: int
-    manifest: dict[str, Any]
+    manifest: Manifest
     attempts: list[dict[str, str]]
+
+
+class GenerationRefused(GenerationInvalidError):
+    """A sound generation that is not for this container (another program, another CRIU):
+    not marked FAILED, so that it is still there if the fresh start that follows fails
+    (a mistyped command must not cost the checkpoint that fixing it would restore)."""
 
 
 def inherit_map(stdio: dict[str, str]) -> dict[int, str]:
@@ -49,34 +57,36 @@ def inherit_map(stdio: dict[str, str]) -> dict[int, str]:
     return result
 
 
-def _compatible(ctx: Context, gen: Generation, manifest: dict[str, Any]) -> None:
-    dumped = str(manifest.get("criu_version", ""))
+def _compatible(ctx: Context, gen: Generation, manifest: Manifest) -> None:
+    dumped = manifest.criu_version
     if dumped.split(".")[:2] != ctx.criu.version_text.split(".")[:2]:
-        raise GenerationInvalidError(
+        raise GenerationRefused(
             gen.name, f"dumped by CRIU {dumped}, this is CRIU {ctx.criu.version_text}"
         )
 
 
-def _same_workload(ctx: Context, gen: Generation, manifest: dict[str, Any]) -> None:
-    dumped = manifest.get("workload")
+def _same_workload(ctx: Context, gen: Generation, manifest: Manifest) -> None:
+    dumped = manifest.workload
     if dumped is None or not ctx.workload:
         return  # a manifest from before workloads were recorded
     for key in ("image", "argv"):
         if key in dumped and key in ctx.workload and dumped[key] != ctx.workload[key]:
-            raise GenerationInvalidError(
+            raise GenerationRefused(
                 gen.name,
                 f"dumped from {key} {dumped[key]!r}, this container runs {ctx.workload[key]!r}",
             )
 
 
-def try_restore(ctx: Context, gen: Generation) -> tuple[int, dict[str, Any]]:
-    """Restore one generation; returns the root PID (running) and the manifest."""
-    manifest = ctx.store.verify(gen)
+def try_restore(ctx: Context, gen: Generation) -> tuple[int, Manifest, dict[str, Any]]:
+    """Restore one generation; returns the root PID (running), the manifest and what the
+    restore measured."""
+    manifest = ctx.store.check(gen)
     _compatible(ctx, gen, manifest)
     _same_workload(ctx, gen, manifest)
-    written = files.put_back(gen.path)
+    ctx.store.verify_contents(gen, manifest)
+    written = files.put_back(gen.path, manifest.setid_files)
     pidfile = gen.path / "restore.pid"
-    inherit = inherit_map(manifest.get("stdio", {}))
+    inherit = inherit_map(manifest.stdio)
     passed = []
     try:
         for fd in inherit:
@@ -89,7 +99,7 @@ def try_restore(ctx: Context, gen: Generation) -> tuple[int, dict[str, Any]]:
             gen.path / "restore.log",
             pass_fds=passed,
         )
-        root = int(pidfile.read_text().strip())
+        root = int(read_token(pidfile))
     except BaseException:
         files.remove(written)
         raise
@@ -98,9 +108,22 @@ def try_restore(ctx: Context, gen: Generation) -> tuple[int, dict[str, Any]]:
             os.close(fd)
     floor = pids.raise_floor()
     proctree.continue_tree(root)
-    manifest = {**manifest, "_restore_stats": result.stats, "_restore_s": result.duration_s}
-    manifest["_pid_floor"] = floor.as_dict()
-    return root, manifest
+    measured = {
+        "restore_stats": result.stats,
+        "restore_s": result.duration_s,
+        "pid_floor": floor.as_dict(),
+    }
+    return root, manifest, measured
+
+
+def log_cleanup(removed: list[Removed]) -> None:
+    """One line per reason: what was removed and what had happened to it."""
+    reasons: dict[str, list[str]] = {}
+    for item in removed:
+        reasons.setdefault(item.why, []).append(item.name)
+    for why, names in reasons.items():
+        damaged = why.startswith("committed")
+        log.emit("cleanup", "damaged" if damaged else "ok", removed=names, why=why)
 
 
 def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
@@ -108,21 +131,23 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
     store = ctx.store
     attempts: list[dict[str, str]] = []
     with store.lock():
-        removed = store.cleanup()
-        if removed:
-            log.emit(
-                "cleanup", "ok", removed=removed, why="uncommitted generations of a killed dump"
-            )
+        log_cleanup(store.cleanup())
+        if store.latest_problem:
+            log.emit("store", "damaged", error=store.latest_problem, then="newest manifest used")
         for gen in store.candidates():
             timer = Timer()
             try:
-                root, manifest = try_restore(ctx, gen)
+                root, manifest, measured = try_restore(ctx, gen)
+            except GenerationRefused as exc:
+                attempts.append({"generation": gen.name, "error": str(exc)})
+                log.emit("restore", "refused", timer.elapsed(), generation=gen.name, why=str(exc))
+                continue
             except (GenerationInvalidError, CriuFailedError, CriuRunError, FilesError) as exc:
                 attempts.append({"generation": gen.name, "error": str(exc)})
                 log.emit("restore", "failed", timer.elapsed(), generation=gen.name, error=str(exc))
                 store.mark(gen, FAILED)
                 continue
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, BadInput) as exc:
                 error = AgentError(f"restore of {gen.name}: {exc}")
                 attempts.append({"generation": gen.name, "error": str(error)})
                 log.emit(
@@ -138,9 +163,10 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
                 fallback=bool(attempts) or None,
                 skipped=[a["generation"] for a in attempts] or None,
                 pid=root,
-                criu_s=round(manifest["_restore_s"], 4),
-                pid_floor=manifest["_pid_floor"],
-                criu=manifest["_restore_stats"],
+                criu_s=round(measured["restore_s"], 4),
+                pid_floor=measured["pid_floor"],
+                criu=measured["restore_stats"],
+                authenticated=manifest.authenticated if store.trust.key else None,
             )
             # After the log line: removing a large generation takes a while, and the
             # application already runs.

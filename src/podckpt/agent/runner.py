@@ -17,14 +17,22 @@ from podckpt.api import RestorePolicy, contract
 
 from . import AGENT_VERSION, capabilities, criu, exitcodes, log, pids
 from .context import Context
-from .errors import AgentError, CriuMissingError, CriuTooOldError, EnvironmentProblem
+from .errors import (
+    AgentError,
+    CriuMissingError,
+    CriuTooOldError,
+    EnvironmentProblem,
+    StoreError,
+)
+from .inputs import BadInput
+from .manifest import Trust, load_key
 from .settings import LiveSettings
 from .store import Store
 from .supervisor import RestoreFailed, Supervisor, become_subreaper
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import NoReturn
 
 DESCRIPTION = """\
@@ -113,24 +121,29 @@ def run_command(
         log.emit("settings", "warning", warning=warning)
 
     ctx: Context | None = None
+    store: Store | None = None
+    container = command.container or (Path(command.store).name if command.store else "app")
     if command.store is not None:
-        container = command.container or Path(command.store).name
-        store = Store(Path(command.store), container)
+        key_problem = None
         try:
-            store.open()
-        except AgentError as exc:
-            fail(str(exc))
+            trust = store_trust(os.environ)
+        except EnvironmentProblem as exc:
+            trust, key_problem = Trust(), exc
+        store = open_store(Path(command.store), container, trust)
+    if store is not None:
         if early_floor is None and (
             not store.candidates() or settings.restore_policy is RestorePolicy.FRESH
         ):
             early_floor = pids.early_floor()
-        ctx = _prepare_criu(store, settings.mode)
+        ctx = _prepare_criu(store, settings.mode, key_problem)
         if ctx is not None:
             ctx.workload = workload_identity(argv)
     else:
-        container = command.container or "app"
         early_floor = early_floor or pids.early_floor()
-        log.emit("start", "no-store", why="no --store: the agent supervises but never checkpoints")
+        if command.store is None:
+            log.emit(
+                "start", "no-store", why="no --store: the agent supervises but never checkpoints"
+            )
 
     supervisor = Supervisor(argv, live, settings, ctx, container, started)
     supervisor.early_floor = early_floor
@@ -155,13 +168,54 @@ def workload_identity(argv: list[str]) -> dict[str, object]:
     return identity
 
 
-def _prepare_criu(store: Store, enabled: bool) -> Context | None:
-    """Check CRIU, capabilities and seccomp now, not at the first dump.
+def open_store(root: Path, container: str, trust: Trust) -> Store | None:
+    """The container's store, or None when it cannot be used. Nothing on the volume keeps
+    the application from starting: a store of a layout this agent does not know (a newer or
+    older podckpt), another container's store, or one that cannot be written is left exactly
+    as it is, the application starts fresh without checkpoints, and the log line (a Warning
+    event) says why. A damaged store.json is rewritten (store.open)."""
+    store = Store(root, container, trust)
+    try:
+        note = store.open()
+    except StoreError as exc:
+        log.emit(
+            "store",
+            "unusable",
+            error=str(exc),
+            then="the application starts fresh, without checkpoints in this container",
+        )
+        return None
+    if note is not None:
+        log.emit("store", "repaired", error=note)
+    return store
+
+
+def store_trust(environ: Mapping[str, str]) -> Trust:
+    """The store key the webhook handed over (contract.Env.STORE_KEY), if any."""
+    path = environ.get(contract.Env.STORE_KEY)
+    accept = environ.get(contract.Env.STORE_ACCEPT_UNSIGNED, "").strip().lower() == "true"
+    if not path:
+        return Trust(None, accept_unsigned=accept)
+    try:
+        return Trust(load_key(path), accept_unsigned=accept)
+    except BadInput as exc:
+        raise EnvironmentProblem(
+            f"store key ${contract.Env.STORE_KEY}: {exc}; without it checkpoints can be"
+            " neither signed nor verified"
+        ) from None
+
+
+def _prepare_criu(
+    store: Store, enabled: bool, key_problem: EnvironmentProblem | None = None
+) -> Context | None:
+    """Check CRIU, capabilities, seccomp and the store key now, not at the first dump.
 
     With checkpointing on (or a checkpoint waiting to be restored) a problem is fatal; a
     dormant agent (checkpoint-mode off) only warns and supervises."""
     needed = enabled or bool(store.candidates())
     try:
+        if key_problem is not None:
+            raise key_problem
         found = criu.find()
         capabilities.check_seccomp()
         capabilities.check_required()

@@ -34,13 +34,11 @@ class LiveSettings:
         """Parse both files now. Without a labels file checkpointing is on (the agent was
         wrapped around the entrypoint on purpose); with one, its `checkpoint-mode` decides."""
         try:
-            labels = read_downward_file(self.labels_file) if self.labels_file else {}
-            annotations = read_downward_file(self.annotations_file) if self.annotations_file else {}
+            labels = _read(self.labels_file)
+            annotations = _read(self.annotations_file)
             settings = parse_settings(labels, annotations)
         except (InvalidValueError, DownwardAPIFormatError) as exc:
             raise UsageError(str(exc)) from exc
-        except OSError as exc:
-            raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
         if self.labels_file is None and Key.CHECKPOINT_MODE not in settings.sources:
             settings = dataclasses.replace(settings, mode=True)
         self.last = settings
@@ -55,3 +53,15 @@ class LiveSettings:
                 raise
             log.emit("settings", "invalid", error=str(exc), kept="last valid settings")
             return self.last
+
+
+def _read(path: Path | None) -> dict[str, str]:
+    """A downward-API file's entries; whatever is wrong with it is one UsageError naming it."""
+    if path is None:
+        return {}
+    try:
+        return read_downward_file(path)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None

@@ -6,12 +6,18 @@
     <store>/COMPLETED                  the application exited by itself: never restore
     <store>/.lock                      flock held around every dump and restore
 
-A generation counts only once its manifest (checksums of every file) is written and fsynced
-and LATEST is renamed to it. A dump killed halfway leaves a directory without manifest (or a
-manifest newer than LATEST): ignored, and removed at the next start. A generation that was
-restored gets a RESTORED marker (it and all older ones are never restored again: the
-application has moved on); one that failed to restore gets a FAILED marker. Markers live outside
-the manifest, so nothing the agent does after a commit rewrites a committed file.
+A generation counts only once its manifest (checksums of every file, manifest.py) is written
+and fsynced and LATEST is renamed to it. A dump killed halfway leaves a directory without
+manifest (or a manifest newer than LATEST): ignored, and removed at the next start. A
+generation that was restored gets a RESTORED marker (it and all older ones are never restored
+again: the application has moved on); one that failed to restore gets a FAILED marker. Markers
+live outside the manifest, so nothing the agent does after a commit rewrites a committed file.
+
+Checkpoints are process memory (tokens, keys, passwords): the store's directories are 0700 and
+its files 0600, owned by root, whatever the volume's defaults (docs/security.md). A generation
+is removed by renaming it out of the way first (`.trash-*`), so an interrupted removal never
+leaves a half-deleted generation that looks committed. Everything read back from the volume is
+read defensively (inputs.py): damage or tampering costs at most the generation concerned.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import json
 import os
+import re
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import manifest as manifest_format
 from .errors import (
     GenerationInvalidError,
     StoreError,
@@ -33,13 +41,24 @@ from .errors import (
     StoreMismatchError,
     StoreWriteError,
 )
+from .inputs import (
+    LIST_LIMIT,
+    BadInput,
+    Missing,
+    open_beneath,
+    read_fd,
+    read_object,
+    read_token,
+    walk_files,
+)
+from .manifest import Manifest, Trust
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 LAYOUT_VERSION = 1
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = manifest_format.FORMAT
 STORE_JSON = "store.json"
 GENERATIONS = "generations"
 LATEST = "LATEST"
@@ -48,16 +67,17 @@ LOCK = ".lock"
 MANIFEST = "manifest.json"
 RESTORED = "RESTORED"
 FAILED = "FAILED"
-_MARKERS = frozenset({MANIFEST, RESTORED, FAILED, "restore.log"})
+TRASH_PREFIX = ".trash-"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 _CHUNK = 1 << 20
+_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}Z-([0-9]{6,12})$")
 
 
 def generation_seq(name: str) -> int | None:
     """The sequence number of a generation directory name, None for anything else."""
-    head, sep, tail = name.rpartition("-")
-    if not sep or not head or not tail.isdigit():
-        return None
-    return int(tail)
+    match = _NAME.match(name)
+    return int(match[1]) if match else None
 
 
 def fsync_dir(path: Path) -> None:
@@ -71,9 +91,13 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write-temp, fsync, rename, fsync the directory: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover (or a planted symlink) is never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -81,24 +105,50 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def private_dir(path: Path) -> None:
+    """Create `path` 0700, or tighten an existing directory to 0700 (stores written by
+    podckpt 0.1.0 were 0755)."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise
+        if stat.S_IMODE(st.st_mode) != DIR_MODE:
+            os.chmod(path, DIR_MODE)
+    else:
+        os.chmod(path, DIR_MODE)  # whatever the umask
+
+
 def _rmtree(path: Path) -> None:
     import shutil  # noqa: PLC0415 - rarely needed, and not before the application starts
 
+    if path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return
     shutil.rmtree(path, ignore_errors=True)
 
 
-def hash_file(path: Path, *, fsync: bool = False) -> tuple[int, str]:
-    """Size and sha256 of a file; optionally fsync it while it is open anyway."""
+def hash_file(path: Path, *, fsync: bool = False, algorithm: str = "sha256") -> tuple[int, str]:
+    """Size and digest of a file; optionally fsync it while it is open anyway."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return _hash_fd(fd, fsync=fsync, algorithm=algorithm)
+    finally:
+        os.close(fd)
+
+
+def _hash_fd(fd: int, *, fsync: bool = False, algorithm: str = "sha256") -> tuple[int, str]:
     import hashlib  # noqa: PLC0415 - not needed before the application starts
 
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm)
     size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-        if fsync:
-            os.fsync(handle.fileno())
+    while chunk := os.read(fd, _CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    if fsync:
+        os.fsync(fd)
     return size, digest.hexdigest()
 
 
@@ -120,6 +170,14 @@ class Generation:
         return self.path / "files"
 
 
+@dataclasses.dataclass(frozen=True)
+class Removed:
+    """A generation the agent removed on its own, and why (for the log line)."""
+
+    name: str
+    why: str
+
+
 def _store_write_error(store: Path, exc: OSError, what: str) -> StoreWriteError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreWriteError(f"checkpoint store {store} is full ({what}): {exc.strerror}")
@@ -129,55 +187,86 @@ def _store_write_error(store: Path, exc: OSError, what: str) -> StoreWriteError:
 
 
 class Store:
-    def __init__(self, root: Path, container: str) -> None:
+    def __init__(self, root: Path, container: str, trust: Trust | None = None) -> None:
         self.root = Path(root)
         self.container = container
+        self.trust = trust or Trust()
         self.generations_dir = self.root / GENERATIONS
+        #: Why LATEST could not be used, when it could not (then manifests decide).
+        self.latest_problem: str | None = None
+
+    @property
+    def store_id(self) -> str:
+        """`<identity>/<container>`: bound into every manifest's HMAC, so that a generation
+        moved into another workload's store is refused (the volume's mount point may change
+        between releases, this does not)."""
+        return f"{self.root.parent.name}/{self.root.name}"
 
     # -- opening and identity ------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create the store on first use; refuse another container's store or layout."""
+    def open(self) -> str | None:
+        """Create the store on first use. Refuse (StoreMismatchError) another container's
+        store or a layout this agent does not know, and never touch it then. A store.json that
+        is not even a JSON object is damage, not a newer layout: it is rewritten, and the
+        returned note says so (the generations are checked one by one anyway)."""
         meta_path = self.root / STORE_JSON
+        note = None
         try:
-            text = meta_path.read_text()
-        except FileNotFoundError:
-            text = None
-        except OSError as exc:
-            raise StoreError(f"cannot read {meta_path}: {exc.strerror}") from exc
-        if text is not None:
-            try:
-                meta = json.loads(text)
-            except json.JSONDecodeError:
-                raise StoreMismatchError(f"{meta_path} is not valid JSON") from None
-            layout = meta.get("layout") if isinstance(meta, dict) else None
-            if layout != LAYOUT_VERSION:
+            if self.root.is_symlink():
+                raise StoreMismatchError(f"store {self.root} is a symbolic link; refusing it")
+            meta = read_object(meta_path)
+        except Missing:
+            meta = None
+        except BadInput as exc:
+            meta = None
+            note = f"{exc}; rewritten (generations are verified one by one)"
+        if meta is not None:
+            layout = meta.get("layout")
+            if layout != LAYOUT_VERSION or type(layout) is not int:
                 raise StoreMismatchError(
-                    f"store {self.root} has unknown layout version {layout!r};"
-                    f" this agent knows version {LAYOUT_VERSION}"
+                    f"store {self.root} has unknown layout version {layout!r}"
+                    f" ({meta_path}); this agent knows version {LAYOUT_VERSION}"
                 )
             if meta.get("container") != self.container:
                 raise StoreMismatchError(
                     f"store {self.root} belongs to container {meta.get('container')!r},"
-                    f" not {self.container!r}"
+                    f" not {self.container!r} ({meta_path})"
                 )
-            return
+            try:
+                self._make_private()
+            except OSError as exc:
+                raise _store_write_error(self.root, exc, "securing the store") from exc
+            return None
         try:
-            self.generations_dir.mkdir(parents=True, exist_ok=True)
+            self._make_private()
+            import json  # noqa: PLC0415
+
             body = {"layout": LAYOUT_VERSION, "container": self.container}
             write_atomic(meta_path, (json.dumps(body, indent=1) + "\n").encode())
         except OSError as exc:
             raise _store_write_error(self.root, exc, "creating the store") from exc
+        return note
+
+    def _make_private(self) -> None:
+        """The identity directory, the store and its generations directory, all 0700."""
+        if not self.root.parent.exists():
+            # The identity directory (`<volume>/<identity>`); an existing parent is left as
+            # it is: it may be a directory of the application's own.
+            self.root.parent.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root.parent)
+        private_dir(self.root)
+        private_dir(self.generations_dir)
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 120.0) -> Iterator[None]:
         """Exclusive flock, so a new pod's restore waits for the old pod's dump to commit."""
         path = self.root / LOCK
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, FILE_MODE)
         except OSError:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | flags)
             except OSError as exc:
                 raise _store_write_error(self.root, exc, "opening the lock file") from exc
         try:
@@ -205,20 +294,34 @@ class Store:
         """Every generation directory, oldest first (by sequence number, not by clock)."""
         try:
             names = os.listdir(self.generations_dir)
-        except FileNotFoundError:
+        except OSError:
             return []
         gens = [self.generation(n) for n in names if generation_seq(n) is not None]
         return sorted(gens, key=lambda g: g.seq)
 
+    def _has_manifest(self, gen: Generation) -> bool:
+        return os.path.lexists(gen.path / MANIFEST)
+
     def latest_name(self) -> str | None:
+        """LATEST's generation; None when there is none yet. A LATEST that cannot be read or
+        names no generation is damage: `latest_problem` says so and the newest generation
+        with a manifest counts instead (its checksums are verified before any restore)."""
+        self.latest_problem = None
         try:
-            name = (self.root / LATEST).read_text().strip()
-        except FileNotFoundError:
+            name = read_token(self.root / LATEST)
+        except Missing:
             return None
-        return name if generation_seq(name) is not None else None
+        except BadInput as exc:
+            self.latest_problem = str(exc)
+        else:
+            if generation_seq(name) is not None:
+                return name
+            self.latest_problem = f"{self.root / LATEST}: names no generation ({name[:80]!r})"
+        with_manifest = [g for g in self.all_generations() if self._has_manifest(g)]
+        return with_manifest[-1].name if with_manifest else None
 
     def completed(self) -> bool:
-        return (self.root / COMPLETED).exists()
+        return os.path.lexists(self.root / COMPLETED)
 
     def committed(self) -> list[Generation]:
         """Generations with a manifest, up to LATEST, oldest first."""
@@ -226,9 +329,7 @@ class Store:
         if latest is None:
             return []
         limit = generation_seq(latest) or 0
-        return [
-            g for g in self.all_generations() if g.seq <= limit and (g.path / MANIFEST).exists()
-        ]
+        return [g for g in self.all_generations() if g.seq <= limit and self._has_manifest(g)]
 
     def candidates(self) -> list[Generation]:
         """What a start may restore, newest first: committed, never restored, never failed."""
@@ -236,9 +337,9 @@ class Store:
             return []
         result = []
         for gen in reversed(self.committed()):
-            if (gen.path / RESTORED).exists():
+            if os.path.lexists(gen.path / RESTORED):
                 break  # it and everything older belong to the past of the running application
-            if not (gen.path / FAILED).exists():
+            if not os.path.lexists(gen.path / FAILED):
                 result.append(gen)
         return result
 
@@ -249,67 +350,134 @@ class Store:
             return []
         result = []
         for gen in reversed(self.committed()):
-            if (gen.path / RESTORED).exists():
+            if os.path.lexists(gen.path / RESTORED):
                 break
             result.append(gen)
         return result
 
-    def read_manifest(self, gen: Generation) -> dict[str, Any]:
+    def read_manifest(self, gen: Generation) -> Manifest:
+        """The generation's manifest, authenticated and validated (manifest.py)."""
         try:
-            manifest = json.loads((gen.path / MANIFEST).read_text())
-        except FileNotFoundError:
+            fd = open_beneath(self.generations_dir, f"{gen.name}/{MANIFEST}")
+        except Missing:
             raise GenerationInvalidError(
-                gen.name, "no manifest (the dump did not finish)"
+                gen.name, "no manifest (the dump did not finish, or it was removed)"
             ) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GenerationInvalidError(gen.name, f"unreadable manifest ({exc})") from None
-        if not isinstance(manifest, dict):
-            raise GenerationInvalidError(gen.name, "manifest is not a JSON object")
-        return manifest
+        except BadInput as exc:
+            raise GenerationInvalidError(gen.name, exc.problem) from None
+        try:
+            data = read_fd(fd, gen.path / MANIFEST, LIST_LIMIT)
+        except BadInput as exc:
+            raise GenerationInvalidError(gen.name, f"manifest.json {exc.problem}") from None
+        finally:
+            os.close(fd)
+        return manifest_format.parse(
+            data,
+            name=gen.name,
+            container=self.container,
+            store_id=self.store_id,
+            trust=self.trust,
+        )
 
-    def verify(self, gen: Generation) -> dict[str, Any]:
-        """The manifest, once every file it lists has its size and checksum."""
+    def check(self, gen: Generation) -> Manifest:
+        """The manifest, once the generation holds exactly the files it lists, each a regular
+        file (no symlink anywhere) of the listed size. Cheap: no file is read but the
+        manifest. `verify` then checks contents."""
         manifest = self.read_manifest(gen)
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise GenerationInvalidError(
-                gen.name, f"unknown manifest format {manifest.get('format')!r}"
-            )
-        if manifest.get("container") != self.container:
-            raise GenerationInvalidError(
-                gen.name, f"made for container {manifest.get('container')!r}"
-            )
-        files = manifest.get("checksums")
-        if not isinstance(files, dict) or not files:
-            raise GenerationInvalidError(gen.name, "manifest lists no files")
-        for rel, entry in sorted(files.items()):
-            path = gen.path / rel
-            try:
-                size, digest = hash_file(path)
-            except FileNotFoundError:
-                raise GenerationInvalidError(gen.name, f"{rel} is missing") from None
-            except OSError as exc:
-                raise GenerationInvalidError(gen.name, f"{rel} unreadable: {exc}") from None
-            if size != entry.get("size"):
+        present: dict[str, os.stat_result] = {}
+        for rel, st in walk_files(gen.path):
+            if rel in manifest_format.UNCHECKED:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise GenerationInvalidError(gen.name, f"{rel} is a symbolic link")
+            present[rel] = st
+        for rel, entry in sorted(manifest.files.items()):
+            if rel not in present:
+                raise GenerationInvalidError(gen.name, f"{rel} is missing")
+            st = present.pop(rel)
+            if not stat.S_ISREG(st.st_mode):
+                raise GenerationInvalidError(gen.name, f"{rel} is not a regular file")
+            if st.st_size != entry.size:
                 raise GenerationInvalidError(
                     gen.name,
-                    f"{rel} is truncated or grown: {size} bytes, manifest says {entry.get('size')}",
+                    f"{rel} is truncated or grown: {st.st_size} bytes, manifest says {entry.size}",
                 )
-            if digest != entry.get("sha256"):
-                raise GenerationInvalidError(gen.name, f"{rel} is corrupted (sha256 mismatch)")
+        if present:
+            extra = ", ".join(sorted(present)[:5])
+            raise GenerationInvalidError(gen.name, f"files the manifest does not list: {extra}")
+        return manifest
+
+    def verify_contents(self, gen: Generation, manifest: Manifest, only: str = "") -> None:
+        """Every listed file (under `only`, a path prefix, when given) has its digest."""
+        for rel, entry in sorted(manifest.files.items()):
+            if not rel.startswith(only):
+                continue
+            try:
+                fd = open_beneath(gen.path, rel)
+            except BadInput as exc:
+                raise GenerationInvalidError(gen.name, f"{rel} {exc.problem}") from None
+            try:
+                size, digest = _hash_fd(fd, algorithm=entry.algorithm)
+            except OSError as exc:
+                raise GenerationInvalidError(gen.name, f"{rel} unreadable: {exc}") from None
+            finally:
+                os.close(fd)
+            if size != entry.size:
+                raise GenerationInvalidError(
+                    gen.name,
+                    f"{rel} is truncated or grown: {size} bytes, manifest says {entry.size}",
+                )
+            if not _same(digest, entry.digest):
+                raise GenerationInvalidError(
+                    gen.name, f"{rel} is corrupted ({entry.algorithm} mismatch)"
+                )
+
+    def verify(self, gen: Generation) -> Manifest:
+        """The manifest, once every file it lists has its size and digest."""
+        manifest = self.check(gen)
+        self.verify_contents(gen, manifest)
         return manifest
 
     # -- writing -------------------------------------------------------------------------
 
-    def cleanup(self) -> list[str]:
-        """Remove what a killed dump left behind: no manifest, or never made LATEST."""
+    def cleanup(self) -> list[Removed]:
+        """Remove what is not (or no longer) a committed generation, saying why for each: a
+        dump that did not finish, or a committed generation whose manifest is gone."""
+        self._empty_trash()
         latest = self.latest_name()
         limit = generation_seq(latest) if latest else 0
         removed = []
         for gen in self.all_generations():
-            if gen.seq > (limit or 0) or not (gen.path / MANIFEST).exists():
-                _rmtree(gen.path)
-                removed.append(gen.name)
+            if gen.seq > (limit or 0):
+                why = "not committed: a dump that did not finish (agent killed, store full)"
+            elif not self._has_manifest(gen):
+                why = "committed, but its manifest.json is gone (deleted or lost after the commit)"
+            else:
+                continue
+            self._remove(gen)
+            removed.append(Removed(gen.name, why))
         return removed
+
+    def _remove(self, gen: Generation) -> None:
+        """Rename out of the way, then delete: a removal killed halfway leaves `.trash-*`,
+        never a generation without some of its files."""
+        trash = self.generations_dir / f"{TRASH_PREFIX}{gen.name}-{os.getpid()}-{time.time_ns()}"
+        try:
+            os.rename(gen.path, trash)
+        except FileNotFoundError:
+            return
+        except OSError:
+            trash = gen.path
+        _rmtree(trash)
+
+    def _empty_trash(self) -> None:
+        try:
+            names = os.listdir(self.generations_dir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(TRASH_PREFIX):
+                _rmtree(self.generations_dir / name)
 
     def begin(self) -> Generation:
         """A new, empty generation directory with the next sequence number."""
@@ -321,15 +489,18 @@ class Store:
         name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{seq:06d}"
         gen = self.generation(name)
         try:
-            self.generations_dir.mkdir(parents=True, exist_ok=True)
-            gen.path.mkdir()
-            gen.images.mkdir()
+            private_dir(self.generations_dir)
+            os.mkdir(gen.path, DIR_MODE)
+            os.mkdir(gen.images, DIR_MODE)
         except OSError as exc:
             raise _store_write_error(self.root, exc, f"creating generation {name}") from exc
         return gen
 
     def commit(self, gen: Generation, fields: dict[str, Any]) -> dict[str, Any]:
-        """Checksum and fsync every file, write the manifest last, then move LATEST to it."""
+        """Checksum, secure (root, 0600/0700) and fsync every file, write the manifest last,
+        then move LATEST to it."""
+        import json  # noqa: PLC0415
+
         try:
             checksums: dict[str, dict[str, Any]] = {}
             total = 0
@@ -338,56 +509,77 @@ class Store:
                 for filename in sorted(filenames):
                     path = base / filename
                     rel = str(path.relative_to(gen.path))
-                    if rel in _MARKERS or path.is_symlink():
+                    if rel in manifest_format.UNCHECKED or path.is_symlink():
                         continue
-                    size, digest = hash_file(path, fsync=True)
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        _secure(fd, FILE_MODE)
+                        size, digest = _hash_fd(fd, fsync=True)
+                    finally:
+                        os.close(fd)
                     checksums[rel] = {"size": size, "sha256": digest}
                     total += size
                 for dirname in dirnames:
-                    fsync_dir(base / dirname)
-            manifest = {
-                "format": MANIFEST_FORMAT,
+                    fd = os.open(base / dirname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                    try:
+                        _secure(fd, DIR_MODE)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            body = {
                 "generation": gen.name,
                 "container": self.container,
+                "store": self.store_id,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **fields,
                 "total_bytes": total,
                 "checksums": checksums,
             }
-            write_atomic(gen.path / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+            sealed = manifest_format.seal(body, self.trust)
+            write_atomic(gen.path / MANIFEST, sealed)
+            fsync_dir(gen.path)
             fsync_dir(self.generations_dir)
             write_atomic(self.root / LATEST, (gen.name + "\n").encode())
             completed = self.root / COMPLETED
-            if completed.exists():
+            if os.path.lexists(completed):
                 completed.unlink()
                 fsync_dir(self.root)
         except OSError as exc:
             raise _store_write_error(self.root, exc, f"committing generation {gen.name}") from exc
+        manifest: dict[str, Any] = json.loads(sealed)
         return manifest
 
     def discard(self, gen: Generation) -> None:
         """Remove a generation that was never committed (a failed dump)."""
         if gen.name == self.latest_name():
             raise StoreError(f"refusing to discard the committed generation {gen.name}")
-        _rmtree(gen.path)
+        self._remove(gen)
 
     def mark(self, gen: Generation, marker: str) -> None:
         # A marker is advice: if it cannot be written, the worst case is one more attempt.
         with contextlib.suppress(OSError):
-            (gen.path / marker).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+            fd = os.open(
+                gen.path / marker,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                FILE_MODE,
+            )
+            try:
+                os.write(fd, time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()).encode())
+            finally:
+                os.close(fd)
 
     def retire(self, upto: Generation | None, *, diagnosis: bool) -> None:
         """Never restore `upto` or anything older (all generations when None).
 
-        Without diagnosis their directories are removed; with it they stay, marked."""
-        for gen in self.all_generations():
-            if upto is not None and gen.seq > upto.seq:
-                continue
-            if diagnosis:
-                if not (gen.path / FAILED).exists():
-                    self.mark(gen, RESTORED)
-            else:
-                _rmtree(gen.path)
+        Every one is marked RESTORED first (cheap), then, without diagnosis, removed: an agent
+        killed in between leaves history, never a generation that looks restorable."""
+        retired = [g for g in self.all_generations() if upto is None or g.seq <= upto.seq]
+        for gen in reversed(retired):
+            if not os.path.lexists(gen.path / FAILED):
+                self.mark(gen, RESTORED)
+        if not diagnosis:
+            for gen in retired:
+                self._remove(gen)
 
     def mark_completed(self, *, diagnosis: bool) -> None:
         try:
@@ -402,9 +594,11 @@ class Store:
         committed = self.committed()
         removed = []
         for gen in committed[: max(0, len(committed) - keep)]:
-            if diagnosis and ((gen.path / RESTORED).exists() or (gen.path / FAILED).exists()):
+            if diagnosis and (
+                os.path.lexists(gen.path / RESTORED) or os.path.lexists(gen.path / FAILED)
+            ):
                 continue
-            _rmtree(gen.path)
+            self._remove(gen)
             removed.append(gen.name)
         return removed
 
@@ -414,3 +608,21 @@ class Store:
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
+
+
+def _secure(fd: int, mode: int) -> None:
+    """Owned by root, `mode`. CRIU running as the application's user (asuser.py) created its
+    images as that user; without CAP_CHOWN/CAP_FOWNER they stay so, which is harmless: the
+    store's own directories are root's and 0700, so nobody else can reach them."""
+    st = os.fstat(fd)
+    with contextlib.suppress(PermissionError):
+        if (st.st_uid, st.st_gid) != (0, 0) and os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+
+
+def _same(a: str, b: str) -> bool:
+    import hmac  # noqa: PLC0415
+
+    return hmac.compare_digest(a, b)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .context import Context
     from .settings import LiveSettings
+    from .store import Generation
 
 #: Forwarded to the application as they come. SIGCHLD is ours; SIGKILL/SIGSTOP cannot be
 #: caught; synchronous faults (SIGSEGV...) and terminal job control signals are not forwarded,
@@ -161,9 +162,14 @@ class Supervisor:
     # -- start -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore when the store allows it, else start fresh. Raises AgentError."""
+        """Restore when the store allows it, else start fresh. Raises AgentError.
+
+        Generations are retired only once the fresh start has succeeded: an ARGV that does
+        not exist (or any other failed start) must not cost the checkpoint that the fixed
+        container would restore."""
         ctx = self.ctx
         policy = self.settings.restore_policy
+        upto = None
         if ctx is not None:
             if ctx.store.completed():
                 log.emit("restore", "skipped", why="the application completed in its last run")
@@ -175,21 +181,41 @@ class Supervisor:
                 restored = restore_latest(ctx, diagnosis=self.settings.diagnosis)
                 if restored is not None:
                     self.root = restored.root_pid
-                    ctx.lineage_start = float(
-                        restored.manifest.get("lineage_start", ctx.lineage_start)
-                    )
+                    lineage = restored.manifest.lineage_start
+                    if lineage is not None:
+                        ctx.lineage_start = lineage
                     return
                 had_attempts = bool(ctx.store.unrestored())
                 if policy is RestorePolicy.STRICT and had_attempts:
                     raise RestoreFailed("restore-policy is strict and no generation restored")
                 if had_attempts:
                     log.emit("restore", "fallback-fresh", why="no generation could be restored")
+            from .restore import log_cleanup  # noqa: PLC0415 - restore.py is small
+
             with ctx.store.lock():
-                removed = ctx.store.cleanup()
-                ctx.store.retire(None, diagnosis=self.settings.diagnosis)
-            if removed:
-                log.emit("cleanup", "ok", removed=removed, why="uncommitted generations")
+                log_cleanup(ctx.store.cleanup())
+                existing = ctx.store.all_generations()
+                upto = existing[-1] if existing else None
         self.start_fresh()
+        if ctx is not None and upto is not None:
+            self._retire_after_fresh_start(ctx, upto)
+
+    def _retire_after_fresh_start(self, ctx: Context, upto: Generation) -> None:
+        """The application runs a new lineage now: what came before is history."""
+        names = [g.name for g in ctx.store.all_generations() if g.seq <= upto.seq]
+        try:
+            with ctx.store.lock(timeout=10.0):
+                ctx.store.retire(upto, diagnosis=self.settings.diagnosis)
+        except StoreError as exc:
+            log.emit("retire", "failed", error=str(exc), generations=names)
+            return
+        log.emit(
+            "retire",
+            "ok",
+            generations=names,
+            why="the application started fresh: older checkpoints are history",
+            kept_for_diagnosis=self.settings.diagnosis or None,
+        )
 
     def start_fresh(self) -> None:
         timer = Timer()

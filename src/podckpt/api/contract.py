@@ -46,6 +46,11 @@ LABELS_FILE = f"{META_MOUNT}/labels"
 ANNOTATIONS_FILE = f"{META_MOUNT}/annotations"
 #: The checkpoint volume; a container's store is `<STORE_MOUNT>/<identity>/<container>`.
 STORE_MOUNT = "/.podckpt-store"
+#: The store key inside the bundle's emptyDir: the init container copies it there from the
+#: namespace's key Secret (mounted in the init container only), into a 0700 directory as a
+#: 0400 file owned by root, so that a non-root application cannot read it even when the
+#: pod's fsGroup would make a Secret volume group-readable (docs/security.md).
+STORE_KEY_FILE = f"{BUNDLE_MOUNT}/.store-key/key"
 
 
 # ---- environment -------------------------------------------------------------------------------
@@ -74,6 +79,12 @@ class Env(enum.StrEnum):
     KEY_PREFIX = PREFIX_ENV
     #: Where the last phase lines go for the kubelet (tests point it elsewhere).
     TERMINATION_LOG = "PODCKPT_TERMINATION_LOG"
+    #: Webhook: the file holding the namespace's store key (`STORE_KEY_FILE`): manifests are
+    #: signed and verified with it (HMAC-SHA256, docs/security.md). Unset: no HMAC.
+    STORE_KEY = "PODCKPT_STORE_KEY"
+    #: Webhook (operator setting): "true" restores podckpt 0.1.0 checkpoints, which carry no
+    #: HMAC, although a store key is set: for the upgrade from 0.1.0 only (docs/upgrade.md).
+    STORE_ACCEPT_UNSIGNED = "PODCKPT_STORE_ACCEPT_UNSIGNED"
 
 
 #: Removed from the application's environment: none of ours reaches the application.
