@@ -91,6 +91,28 @@ def to_event(container: str, record: dict[str, Any]) -> PodEvent | None:
             )
         case "start", "failed":
             return PodEvent(WARNING, "AgentFailed", f"container {container}: {error}")
+        case "restore", "refused":
+            return PodEvent(
+                WARNING,
+                "RestoreRefused",
+                f"container {container}: generation {generation} not restored:"
+                f" {record.get('why', '')}",
+            )
+        case "store", "unusable":
+            return PodEvent(
+                WARNING,
+                "CheckpointStoreUnusable",
+                f"container {container}: {error}; started fresh, without checkpoints",
+            )
+        case "store", "repaired" | "damaged":
+            return PodEvent(WARNING, "CheckpointStoreDamaged", f"container {container}: {error}")
+        case "cleanup", "damaged":
+            return PodEvent(
+                WARNING,
+                "CheckpointDamaged",
+                f"container {container}: removed generation(s)"
+                f" {', '.join(map(str, record.get('removed') or ()))}: {record.get('why', '')}",
+            )
     return None
 
 
