@@ -144,15 +144,17 @@ def test_checkpoint_of_another_image_or_command_is_not_restored(agent: AgentHarn
     second = agent.start(["python3", "/apps/counter.py"], env={"PODCKPT_IMAGE": "reg/app:2"})
     wait_count(second, 3)
     assert counts(second)[0] == 1  # fresh, not resumed
-    failed = phases(second, "restore", "failed")
-    assert failed, second.stderr_text()[-2000:]
-    assert "dumped from image 'reg/app:1', this container runs 'reg/app:2'" in failed[0]["error"]
+    refused = phases(second, "restore", "refused")
+    assert refused, second.stderr_text()[-2000:]
+    assert "dumped from image 'reg/app:1', this container runs 'reg/app:2'" in refused[0]["why"]
     assert phases(second, "fresh-start", "ok")
+    # Retired once the new program runs, not before (a failed start would have kept it).
+    assert phases(second, "retire", "ok")[0]["generations"] == [refused[0]["generation"]]
     assert stop_and_wait(second) == CHECKPOINTED
 
     # Same image, other argv: also not the same program.
     third = agent.start(["python3", "/apps/counter.py", "0.05"], env={"PODCKPT_IMAGE": "reg/app:2"})
     wait_count(third, 3)
     assert counts(third)[0] == 1
-    assert "dumped from argv" in phases(third, "restore", "failed")[0]["error"]
+    assert "dumped from argv" in phases(third, "restore", "refused")[0]["why"]
     assert stop_and_wait(third) == CHECKPOINTED

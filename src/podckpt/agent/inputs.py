@@ -129,10 +129,10 @@ def safe_relpath(rel: object) -> str | None:
 
 
 def safe_abspath(path: object) -> str | None:
-    """`path` if it is a normalised absolute path other than `/` (no `..`, `.`, `//`, NUL)."""
-    if not isinstance(path, str) or not path.startswith("/") or path == "/":
+    """`path` if it is a normalised absolute path (no `..`, `.`, `//`, NUL, trailing `/`)."""
+    if not isinstance(path, str) or not path.startswith("/"):
         return None
-    return path if safe_relpath(path[1:]) is not None else None
+    return path if path == "/" or safe_relpath(path[1:]) is not None else None
 
 
 def open_beneath(root: Path, rel: str) -> int:

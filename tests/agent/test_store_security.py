@@ -1,0 +1,192 @@
+"""Issues 11.5 and 16.1 with the real agent and real CRIU: checkpoints at rest (private store,
+exact modes and owners of saved files, HMAC with the store key) and a committed checkpoint
+that survives a container whose command does not exist."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from agent_harness import AgentHarness, counts, phases, stop_and_wait, wait_count
+
+from podckpt.agent.exitcodes import AGENT_FAILURE, CHECKPOINTED
+from podckpt.agent.manifest import Trust
+from podckpt.agent.store import Store
+from podckpt.api import contract
+from podckpt.devtools.sandbox import wait_for
+
+pytestmark = pytest.mark.criu
+
+COUNTER = ["python3", "/apps/counter.py"]
+KEY_IN_SANDBOX = "/etc/podinfo/store-key"
+
+
+def _keyed(agent: AgentHarness, key: bytes) -> dict[str, str]:
+    (agent.labels_dir / "store-key").write_bytes(key)
+    return {contract.Env.STORE_KEY: KEY_IN_SANDBOX}
+
+
+def test_argv_that_does_not_exist_keeps_the_checkpoint(agent: AgentHarness) -> None:
+    first = agent.start(COUNTER)
+    wait_count(first, 5)
+    assert stop_and_wait(first) == CHECKPOINTED
+    committed = agent.latest()
+    reached = counts(first)[-1]
+
+    broken = agent.start(["/no/such/program"])
+    assert broken.wait(30) == AGENT_FAILURE
+    assert "cannot start /no/such/program" in broken.stderr_text()
+    assert "Traceback" not in broken.stderr_text()
+    assert agent.latest() == committed
+    store = Store(agent.app_store, "app")
+    store.verify(store.generation(committed or ""))
+
+    fixed = agent.start(COUNTER)  # the command fixed: the checkpoint is still there
+    resumed = wait_count(fixed, 3)
+    assert phases(fixed, "restore", "ok")[0]["generation"] == committed
+    assert resumed[0] > reached - 3
+    fixed.destroy()
+
+
+def test_store_is_private_and_saved_files_keep_mode_and_owner(agent: AgentHarness) -> None:
+    make = (
+        "import os, time\n"
+        "os.makedirs('/srv/app', exist_ok=True)\n"
+        "for name, mode in (('key.pem', 0o600), ('tool', 0o4755), ('shared', 0o2750)):\n"
+        "    path = '/srv/app/' + name\n"
+        "    with open(path, 'w') as f: f.write(name)\n"
+        "    os.chown(path, 1000, 1001)\n"
+        "    os.chmod(path, mode)\n"
+        "n = 0\n"
+        "while True:\n"
+        "    n += 1; print(f'count {n}', flush=True); time.sleep(0.05)\n"
+    )
+    argv = ["python3", "-c", make]
+    annotations = {"memverge.ai/checkpoint-files": "/srv/app"}
+    first = agent.start(argv, annotations=annotations)
+    wait_count(first, 5)
+    assert stop_and_wait(first) == CHECKPOINTED
+
+    for dirpath, dirnames, filenames in os.walk(agent.app_store):
+        for name in dirnames:
+            st = os.lstat(Path(dirpath) / name)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o700, 0), Path(dirpath) / name
+        for name in filenames:
+            st = os.lstat(Path(dirpath) / name)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0), Path(dirpath) / name
+    assert stat.S_IMODE(os.stat(agent.app_store).st_mode) == 0o700
+
+    second = agent.start(argv, annotations=annotations)
+    assert wait_for(lambda: phases(second, "restore", "ok"), 20), second.stderr_text()
+    done = second.exec(["stat", "-c", "%n %a %u %g", "/srv/app/key.pem", "/srv/app/tool"])
+    assert done.stdout.decode().split("\n")[:2] == [
+        "/srv/app/key.pem 600 1000 1001",
+        "/srv/app/tool 4755 1000 1001",
+    ]
+    shared = second.exec(["stat", "-c", "%a %u %g", "/srv/app/shared"]).stdout.decode().strip()
+    assert shared == "2750 1000 1001"
+    second.destroy()
+
+
+def test_manifests_are_signed_and_a_wrong_key_is_refused(agent: AgentHarness) -> None:
+    env = _keyed(agent, b"namespace-key-" * 3)
+    first = agent.start(COUNTER, env=env)
+    wait_count(first, 5)
+    agent.checkpoint(first)
+    wait_count(first, len(counts(first)) + 5)
+    assert stop_and_wait(first) == CHECKPOINTED
+    newest = agent.latest()
+    manifest = json.loads((agent.app_store / "generations" / f"{newest}/manifest.json").read_text())
+    assert manifest["hmac"]["alg"] == "HMAC-SHA256"
+    assert manifest["store"] == "store/app"
+
+    # Another namespace's key (a volume moved or reused): refused, never a crash loop.
+    stranger = agent.start(COUNTER, env=_keyed(agent, b"another-namespace" * 2))
+    wait_count(stranger, 3)
+    assert counts(stranger)[0] == 1
+    errors = [f["error"] for f in phases(stranger, "restore", "failed")]
+    assert len(errors) == 2
+    assert all("HMAC mismatch" in e for e in errors), errors
+    assert phases(stranger, "restore", "fallback-fresh")
+    stranger.destroy()
+
+
+def test_forged_generation_is_refused_and_the_signed_one_restores(agent: AgentHarness) -> None:
+    """Whoever can write the volume but not read the key cannot make the agent restore
+    images of their choosing: recomputed checksums do not help without the HMAC."""
+    key = b"namespace-key-" * 3
+    env = _keyed(agent, key)
+    first = agent.start(COUNTER, env=env)
+    wait_count(first, 5)
+    good = agent.checkpoint(first)
+    wait_count(first, len(counts(first)) + 5)
+    assert stop_and_wait(first) == CHECKPOINTED
+    forged = agent.latest()
+    assert forged is not None
+    gen = agent.app_store / "generations" / forged
+    path = gen / "manifest.json"
+    body = json.loads(path.read_text())
+    pages = max((gen / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    rel = str(pages.relative_to(gen))
+    body["checksums"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    path.write_text(json.dumps(body))
+    keyless = Store(agent.app_store, "app", Trust(None))
+    keyless.verify(keyless.generation(forged))  # sha256 alone is fooled
+
+    second = agent.start(COUNTER, env=env)
+    wait_count(second, 3)
+    (failed,) = phases(second, "restore", "failed")
+    assert failed["generation"] == forged
+    assert "HMAC mismatch" in failed["error"]
+    ok = phases(second, "restore", "ok")[0]
+    assert (ok["generation"], ok["authenticated"]) == (good, True)
+    second.destroy()
+
+
+def test_setuid_file_planted_on_the_volume_is_refused(agent: AgentHarness) -> None:
+    """An agent without a key checks sha256 only; the setuid rule still holds: the agent
+    never creates a setuid/setgid file it did not record saving itself."""
+    first = agent.start(COUNTER)
+    wait_count(first, 5)
+    good = agent.checkpoint(first)
+    wait_count(first, len(counts(first)) + 5)
+    assert stop_and_wait(first) == CHECKPOINTED
+    planted = agent.latest()
+    gen = agent.app_store / "generations" / str(planted)
+    (gen / "files" / "usr/local/bin").mkdir(parents=True)
+    (gen / "files" / "usr/local/bin/rootshell").write_bytes(b"#!/bin/sh\n")
+    entries = json.loads((gen / "files.json").read_text())
+    entries.append(
+        {
+            "path": "/usr/local/bin/rootshell",
+            "kind": "file",
+            "mode": 0o4755,
+            "uid": 0,
+            "gid": 0,
+            "mtime_ns": 0,
+            "atime_ns": 0,
+            "size": 10,
+        }
+    )
+    (gen / "files.json").write_text(json.dumps(entries))
+    manifest_path = gen / "manifest.json"
+    body = json.loads(manifest_path.read_text())
+    for rel in ("files.json", "files/usr/local/bin/rootshell"):
+        data = (gen / rel).read_bytes()
+        body["checksums"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest_path.write_text(json.dumps(body))
+
+    second = agent.start(COUNTER)
+    wait_count(second, 3)
+    (failed,) = phases(second, "restore", "failed")
+    assert "setuid/setgid file /usr/local/bin/rootshell" in failed["error"]
+    assert phases(second, "restore", "ok")[0]["generation"] == good
+    assert second.exec(["test", "-e", "/usr/local/bin/rootshell"]).returncode == 1
+    second.destroy()
