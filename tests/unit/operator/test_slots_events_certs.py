@@ -39,6 +39,29 @@ def test_agent_lines_become_events() -> None:
     assert restored.message == "container app: restored from generation g1 in 0.50 s"
 
 
+def test_store_problems_the_agent_reports_are_warnings() -> None:
+    text = "\n".join(
+        [
+            _line(phase="store", outcome="unusable", error="store /s has unknown layout 2"),
+            _line(phase="store", outcome="repaired", error="/s/store.json: is not UTF-8 text"),
+            _line(phase="cleanup", outcome="damaged", removed=["g1"], why="manifest is gone"),
+            _line(phase="restore", outcome="refused", generation="g2", why="dumped from argv"),
+            _line(phase="cleanup", outcome="ok", removed=["g3"], why="did not finish"),
+        ]
+    )
+    got = [(e.type, e.reason) for e in events.events_from("app", text)]
+    assert got == [
+        ("Warning", "CheckpointStoreUnusable"),
+        ("Warning", "CheckpointStoreDamaged"),
+        ("Warning", "CheckpointDamaged"),
+        ("Warning", "RestoreRefused"),
+    ]
+    messages = [e.message for e in events.events_from("app", text)]
+    assert "unknown layout 2" in messages[0]
+    assert "g1" in messages[2]
+    assert "manifest is gone" in messages[2]
+
+
 def test_fresh_start_after_failed_restore_is_a_warning() -> None:
     text = _line(phase="restore", outcome="fallback-fresh", why="no generation could be restored")
     (event,) = events.events_from("app", text)
