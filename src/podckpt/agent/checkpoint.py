@@ -19,7 +19,7 @@ import shutil
 
 from podckpt.api import CheckpointSettings
 
-from . import AGENT_VERSION, criu, files, log, proctree
+from . import AGENT_VERSION, criu, files, gpu, log, proctree
 from .context import Context
 from .errors import (
     AgentError,
@@ -139,11 +139,16 @@ def dump(
             preexec = asuser.preexec(uid, gid)
         # CRIU as another user than root runs in its unprivileged mode only.
         privileged = ctx.privileged and not as_user
-        gen = store.begin()
         with _reading_proc_of(uid, gid):
             stdio = stdio_identities(root)
+            cuda_tasks = gpu.scan(proctree.members(root))
+        gen = store.begin()
         stopped = False
+        suspended: gpu.Suspended | None = None
         try:
+            if cuda_tasks is not None:
+                # GPU state into host memory first: CRIU cannot dump the driver's device files.
+                suspended = gpu.suspend(cuda_tasks, lambda: _reading_proc_of(uid, gid))
             try:
                 result = criu.run(
                     ctx.criu,
@@ -171,6 +176,7 @@ def dump(
                 pid=root,
                 criu_user=f"{uid}:{gid}" if as_user else None,
                 criu=result.stats,
+                gpu=suspended.timings() if suspended else None,
             )
             with _reading_proc_of(uid, gid):
                 members = proctree.members(root)
@@ -183,6 +189,8 @@ def dump(
             if not final:
                 proctree.continue_tree(root)
                 stopped = False
+                if suspended is not None:
+                    gpu.resume(suspended)
             commit_timer = Timer()
             manifest = store.commit(
                 gen,
@@ -200,6 +208,7 @@ def dump(
                     # The only setuid/setgid files a restore will create (files.load_entries).
                     "setid_files": [e["path"] for e in saved if files.setid(e)],
                     "criu_stats": result.stats,
+                    "gpu": suspended.record() if suspended else None,
                 },
             )
             pruned = store.prune(settings.keep, diagnosis=settings.diagnosis)
@@ -211,11 +220,14 @@ def dump(
                 bytes=manifest["total_bytes"],
                 files=len(manifest["saved_files"]),
                 app_stopped_s=round(stopped_s, 4),
+                gpu_resume_s=suspended.resume_s if suspended and not final else None,
                 pruned=pruned or None,
             )
         except BaseException:
             if stopped:
                 proctree.continue_tree(root)
+            if suspended is not None:
+                gpu.undo(suspended.driver, suspended.pids)  # state-based: a no-op if resumed
             _keep_failed_log(ctx, gen.path / "dump.log", settings.diagnosis)
             store.discard(gen)
             raise

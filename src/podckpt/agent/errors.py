@@ -71,3 +71,21 @@ class FilesError(AgentError):
 
 class UnsupportedProcessError(AgentError):
     """The process tree holds something CRIU cannot checkpoint (io_uring, mixed users...)."""
+
+
+class GpuError(AgentError):
+    """The CUDA driver could not be used, or refused a step of a GPU checkpoint or restore:
+    the driver call, its CUresult and the process are kept for the caller's decisions."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        call: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        self.code = code
+        self.call = call
+        self.pid = pid
+        super().__init__(message)

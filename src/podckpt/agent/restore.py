@@ -21,11 +21,16 @@ from .errors import (
     CriuRunError,
     FilesError,
     GenerationInvalidError,
+    GpuError,
 )
 from .inputs import BadInput, read_token
 from .log import Timer
 from .manifest import Manifest
 from .store import FAILED, Generation, Removed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import gpu
 
 _INHERITABLE = ("pipe:", "socket:")
 _FD_BASE = 100  # the new stdio is passed to CRIU at fds 100-102, its own stdio stays captured
@@ -83,6 +88,7 @@ def try_restore(ctx: Context, gen: Generation) -> tuple[int, Manifest, dict[str,
     manifest = ctx.store.check(gen)
     _compatible(ctx, gen, manifest)
     _same_workload(ctx, gen, manifest)
+    gpu_plan = _gpu_plan(gen, manifest)  # before the checksums: cheap, and may refuse
     ctx.store.verify_contents(gen, manifest)
     written = files.put_back(gen.path, manifest.setid_files)
     pidfile = gen.path / "restore.pid"
@@ -108,12 +114,33 @@ def try_restore(ctx: Context, gen: Generation) -> tuple[int, Manifest, dict[str,
             os.close(fd)
     floor = pids.raise_floor()
     proctree.continue_tree(root)
-    measured = {
+    measured: dict[str, Any] = {
         "restore_stats": result.stats,
         "restore_s": result.duration_s,
         "pid_floor": floor.as_dict(),
     }
+    if gpu_plan is not None:
+        from . import gpu  # noqa: PLC0415 - only for generations with GPU state
+
+        try:
+            gpu.resume_restored(gpu_plan, root)  # the tree runs: the driver needs its thread
+        except GpuError:
+            files.remove(written)
+            raise
+        measured["gpu"] = gpu_plan.timings()
     return root, manifest, measured
+
+
+def _gpu_plan(gen: Generation, manifest: Manifest) -> gpu.RestorePlan | None:
+    """The same GPU model and count as at the dump, else GenerationRefused (before CRIU)."""
+    if manifest.body.get("gpu") is None:
+        return None
+    from . import gpu  # noqa: PLC0415 - ctypes and the driver only for GPU generations
+
+    try:
+        return gpu.plan_restore(gen.name, manifest.body)
+    except gpu.GpuMismatchError as exc:
+        raise GenerationRefused(gen.name, exc.reason) from exc
 
 
 def log_cleanup(removed: list[Removed]) -> None:
@@ -142,7 +169,13 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
                 attempts.append({"generation": gen.name, "error": str(exc)})
                 log.emit("restore", "refused", timer.elapsed(), generation=gen.name, why=str(exc))
                 continue
-            except (GenerationInvalidError, CriuFailedError, CriuRunError, FilesError) as exc:
+            except (
+                GenerationInvalidError,
+                CriuFailedError,
+                CriuRunError,
+                FilesError,
+                GpuError,
+            ) as exc:
                 attempts.append({"generation": gen.name, "error": str(exc)})
                 log.emit("restore", "failed", timer.elapsed(), generation=gen.name, error=str(exc))
                 store.mark(gen, FAILED)
@@ -167,6 +200,7 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
                 pid_floor=measured["pid_floor"],
                 criu=measured["restore_stats"],
                 authenticated=manifest.authenticated if store.trust.key else None,
+                gpu=measured.get("gpu"),
             )
             # After the log line: removing a large generation takes a while, and the
             # application already runs.

@@ -85,6 +85,8 @@ class Env(enum.StrEnum):
     #: Webhook (operator setting): "true" restores podckpt 0.1.0 checkpoints, which carry no
     #: HMAC, although a store key is set: for the upgrade from 0.1.0 only (docs/upgrade.md).
     STORE_ACCEPT_UNSIGNED = "PODCKPT_STORE_ACCEPT_UNSIGNED"
+    #: Seconds the CUDA driver's lock may wait for CUDA calls in flight (default 10).
+    GPU_LOCK_TIMEOUT = "PODCKPT_GPU_LOCK_TIMEOUT_S"
 
 
 #: Removed from the application's environment: none of ours reaches the application.
