@@ -3,7 +3,7 @@
 These tests prove podckpt's sequencing around the CUDA driver's checkpoint API: which calls
 the agent makes and in which order, what it records in the manifest, the same-GPU-model gate,
 and that every failure leaves the application as it was. They do NOT prove the feature on a
-GPU: the driver is gpu_standin's libcuda.so.1 (tests/agent/standin), which keeps the
+GPU: the driver is podckpt.devtools.cuda_standin's libcuda.so.1, which keeps the
 application's "GPU memory" outside the process so that only a dump and restore of that memory
 through the checkpoint API brings it back. bench/gpu.py runs the real thing on an NVIDIA GPU.
 """
@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 from agent_harness import AgentHarness, counts, phases, stop_and_wait, wait_count
-from gpu_standin import (
+
+from podckpt.agent import exitcodes
+from podckpt.agent.exitcodes import CHECKPOINTED
+from podckpt.devtools.cuda_standin import (
     ENV,
     H200,
     RELEASE,
@@ -28,9 +31,6 @@ from gpu_standin import (
     library_binds,
     uuid_hex,
 )
-
-from podckpt.agent import exitcodes
-from podckpt.agent.exitcodes import CHECKPOINTED
 from podckpt.devtools.sandbox import Sandbox, wait_for
 
 pytestmark = pytest.mark.criu

@@ -2,7 +2,8 @@
 stand-in driver on a live process, without CRIU: the in-place checkpoint and restore a
 periodic checkpoint does, remapping onto another GPU, the driver's errors by name.
 
-Like test_gpu.py this tests our sequencing, not the feature on a GPU (see gpu_standin.py).
+Like test_gpu.py this tests our sequencing, not the feature on a GPU
+(see podckpt.devtools.cuda_standin).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gpu_standin import H200, StandinGpu, build_library, uuid_hex
 
 from podckpt.agent import cuda, gpu
 from podckpt.agent.errors import GpuError
+from podckpt.devtools.cuda_standin import H200, StandinGpu, build_library, uuid_hex
 
 APP = Path(__file__).resolve().parent / "apps" / "gpu_app.py"
 

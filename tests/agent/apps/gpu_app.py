@@ -1,4 +1,4 @@
-"""A CUDA application for the stand-in driver (tests/agent/standin): N MiB of GPU memory
+"""A CUDA application for the stand-in driver (podckpt.devtools.cuda_standin): N MiB of GPU memory
 filled with a pattern, and a counter that lives only in GPU memory, bumped once per tick
 (`count N`). A fresh start counts from 1 again; only a restore of the GPU memory continues.
 SIGUSR1: read the whole buffer back from the GPU and print `verify mismatches=M counter=C`.

@@ -1,13 +1,14 @@
-"""The stand-in GPU of the agent's GPU tests (test_gpu.py).
+"""A stand-in NVIDIA driver for the agent's GPU tests (tests/agent/test_gpu*.py) and the
+self-test of bench/gpu.py (`--standin`), on machines without a GPU.
 
-`build_library` compiles standin/libcuda_standin.c into `libcuda.so.999.1.2` (+ the
+`build_library` compiles libcuda_standin.c (beside this file) into `libcuda.so.999.1.2` (+ the
 `libcuda.so.1` link), which the sandbox sees at /usr/local/nvidia/lib64, where NVIDIA's
 container runtime puts the real one. Each "container" gets a GPU directory of its own
 (`StandinGpu`, bound at /dev/nvidia-standin): a new container is a new GPU, whose memory is
 empty until the driver's restore fills it from the restored process.
 
 This tests podckpt's sequencing (which calls, in which order, what happens when one fails),
-not the feature on a GPU: see bench/gpu.py for that.
+not the feature on a GPU: bench/gpu.py does that on an NVIDIA GPU.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from podckpt.devtools.sandbox import Bind
 
-SOURCE = Path(__file__).resolve().parent / "standin" / "libcuda_standin.c"
+SOURCE = Path(__file__).resolve().parent / "libcuda_standin.c"
 LIBDIR = "/usr/local/nvidia/lib64"
 GPU_DIR = "/dev/nvidia-standin"
 RELEASE = "999.1.2"

@@ -1,5 +1,6 @@
-/* A stand-in for NVIDIA's libcuda.so.1, built by the tests (tests/agent/gpu_standin.py), so
- * that the real agent drives the CUDA checkpoint API around real CRIU without a GPU.
+/* A stand-in for NVIDIA's libcuda.so.1, built by podckpt.devtools.cuda_standin for the tests
+ * (tests/agent/test_gpu*.py) and bench/gpu.py --standin, so that the real agent drives the
+ * CUDA checkpoint API around real CRIU without a GPU.
  *
  * This tests podckpt's sequencing, not the feature on a GPU: it has the entry points the
  * agent and the test application call, the driver's process states (running -> locked ->
