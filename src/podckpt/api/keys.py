@@ -34,6 +34,8 @@ class Key(enum.StrEnum):
     CHECKPOINT_INTERVAL = "checkpoint-interval"
     CHECKPOINT_KEEP = "checkpoint-keep"
     RESTORE_POLICY = "restore-policy"
+    #: Memory of one GPU of the pod (`80Gi`), when its model is not in the operator's table.
+    GPU_MEMORY = "gpu-memory"
 
 
 class NamespaceKey(enum.StrEnum):

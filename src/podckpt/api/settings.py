@@ -60,6 +60,8 @@ class CheckpointSettings:
     interval: float | None = None
     keep: int = DEFAULT_KEEP
     restore_policy: RestorePolicy = RestorePolicy.LATEST
+    #: Bytes of `gpu-memory` (memory of one GPU); None means from the GPU model, or assumed.
+    gpu_memory: int | None = None
     #: Where each explicitly given key came from.
     sources: Mapping[Key, Source] = dataclasses.field(default_factory=dict)
     #: Soft problems: keys ignored because another key or source wins.
@@ -172,6 +174,8 @@ def _parse_one(key: Key, name: str, value: str, is_label: bool) -> dict[str, obj
         case Key.RESTORE_POLICY:
             choices = tuple(p.value for p in RestorePolicy)
             return {"restore_policy": RestorePolicy(values.parse_choice(name, value, choices))}
+        case Key.GPU_MEMORY:
+            return {"gpu_memory": values.parse_quantity(name, value)}
     raise AssertionError(f"unhandled key {key}")  # pragma: no cover
 
 

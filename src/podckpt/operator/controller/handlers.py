@@ -126,7 +126,7 @@ async def ensure_claim(
         return
     names = set(annotations.get(op.annotation("containers"), "").split(","))
     containers = [c for c in body.spec.get("containers") or () if c.get("name") in names]
-    size = volumes.claim_size(settings, containers, op)
+    size = volumes.claim_size(settings, containers, op, pod_spec=body.spec)
     owner = await _with_retries("find the workload", lambda: _owner(api, body, namespace))
     manifest = volumes.build_claim(
         identity=identity,

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from podckpt.api import CheckpointSettings
-from podckpt.operator.domain import sizing
+from podckpt.operator.domain import gpu, sizing
 from podckpt.operator.domain.identity import Identity, Owner
 from podckpt.operator.settings import OperatorSettings
 
@@ -30,10 +30,19 @@ def claim_size(
     settings: CheckpointSettings,
     containers: Iterable[Mapping[str, Any]],
     op: OperatorSettings,
+    *,
+    pod_spec: Mapping[str, Any] | None = None,
 ) -> ClaimSize:
+    """`pod_spec`: for the GPU model of a pod whose containers use GPUs (domain/gpu.py)."""
     if settings.volume_size is not None:
         return ClaimSize(settings.volume_size, "checkpoint-volume-size")
-    memory = sizing.checkpointed_memory(containers, op.assumed_memory_bytes)
+    containers = list(containers)
+    per_gpu = gpu.pod_gpu_memory(
+        pod_spec or {}, containers, settings.gpu_memory, op.assumed_gpu_memory_bytes
+    )
+    memory = sizing.checkpointed_memory(
+        containers, op.assumed_memory_bytes, gpu_memory=per_gpu.bytes if per_gpu else 0
+    )
     size = sizing.volume_size(
         memory,
         keep=settings.keep,
@@ -41,6 +50,12 @@ def claim_size(
         headroom_bytes=op.volume_headroom_bytes,
         default_bytes=op.default_volume_bytes,
     )
+    if memory.all_unlimited and memory.gpu:
+        return ClaimSize(
+            size,
+            f"no memory limits: assumed memory + {sizing.format_bytes(memory.gpu)} of GPU memory,"
+            f" x{settings.keep + 1} generations",
+        )
     if memory.all_unlimited:
         return ClaimSize(size, "default size (no checkpointed container has a memory limit)")
     return ClaimSize(

@@ -2,6 +2,12 @@
 
 Both derive from the memory the checkpointed containers may touch: a CRIU image is the size of
 the touched memory (CRIU notes), and dumping it takes that size over the disk's throughput.
+
+GPU memory (domain/gpu.py) passes through host memory: the driver's checkpoint copies it into
+the process before CRIU dumps it. With a memory limit the image still cannot exceed the limit
+(the copy is charged to the container; the webhook warns when the limit cannot hold the GPU
+memory); without one, the container's assumed host memory plus its GPUs' memory is dumped. The
+grace period adds the copy off the GPUs at their own throughput.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from podckpt.api import InvalidValueError, parse_quantity
+
+from .gpu import gpu_count
 
 MIB = 2**20
 
@@ -34,24 +42,32 @@ class Memory:
     total: int
     unlimited: tuple[str, ...]
     count: int
+    #: Bytes of the GPUs of the checkpointed containers (copied to host memory at a dump).
+    gpu: int = 0
 
     @property
     def all_unlimited(self) -> bool:
         return len(self.unlimited) == self.count
 
 
-def checkpointed_memory(containers: Iterable[Mapping[str, Any]], assumed: int) -> Memory:
+def checkpointed_memory(
+    containers: Iterable[Mapping[str, Any]], assumed: int, *, gpu_memory: int = 0
+) -> Memory:
+    """`gpu_memory`: bytes of one GPU of the pod (domain/gpu.py), 0 for a pod without GPUs."""
     total = 0
     count = 0
+    gpu_total = 0
     unlimited: list[str] = []
     for container in containers:
         count += 1
+        gpu = gpu_count(container) * gpu_memory
+        gpu_total += gpu
         limit = memory_limit(container)
         if limit is None:
             unlimited.append(container["name"])
-            limit = assumed
+            limit = assumed + gpu
         total += limit
-    return Memory(total, tuple(unlimited), count)
+    return Memory(total, tuple(unlimited), count, gpu_total)
 
 
 def volume_size(
@@ -67,17 +83,31 @@ def volume_size(
     One generation is the memory plus headroom (fraction + fixed amount for page alignment,
     CRIU metadata and logs, checkpoint-files). The volume holds `keep` committed generations
     plus the one being written, because the oldest is pruned only after the new one commits.
-    Without any memory limit the size cannot be derived and `default_bytes` is used.
+    Without any memory limit the size cannot be derived and `default_bytes` is used, or more
+    when the containers' GPU memory (which is dumped in any case) needs more.
     """
-    if memory.count == 0 or memory.all_unlimited:
+    if memory.count == 0 or (memory.all_unlimited and not memory.gpu):
         return _round_mib(default_bytes)
     generation = memory.total * (1 + headroom_fraction) + headroom_bytes
-    return _round_mib(math.ceil(generation * (keep + 1)))
+    size = _round_mib(math.ceil(generation * (keep + 1)))
+    return max(size, _round_mib(default_bytes)) if memory.all_unlimited else size
 
 
-def grace_period_seconds(memory_bytes: int, *, bytes_per_second: int, base_seconds: int) -> int:
-    """Seconds to dump `memory_bytes`: a fixed part plus the dump at the assumed throughput."""
-    return base_seconds + math.ceil(memory_bytes / bytes_per_second)
+def grace_period_seconds(
+    memory_bytes: int,
+    *,
+    bytes_per_second: int,
+    base_seconds: int,
+    gpu_bytes: int = 0,
+    gpu_bytes_per_second: int = 1,
+) -> int:
+    """Seconds to dump `memory_bytes`: a fixed part plus the dump at the assumed throughput,
+    plus the copy of `gpu_bytes` off the GPUs first."""
+    return (
+        base_seconds
+        + math.ceil(memory_bytes / bytes_per_second)
+        + math.ceil(gpu_bytes / gpu_bytes_per_second)
+    )
 
 
 def format_bytes(size: int) -> str:

@@ -25,7 +25,7 @@ from podckpt.api import (
     parse_settings,
     qualified,
 )
-from podckpt.operator.domain import sizing
+from podckpt.operator.domain import gpu, sizing
 from podckpt.operator.domain.identity import Identity, WorkloadKind, resolve_identity
 from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
@@ -86,6 +86,8 @@ class Plan:
     warnings: tuple[str, ...]
     #: Limits raised by podckpt's own footprint (bundle emptyDir, agent and CRIU memory).
     raises: tuple[sizing.Raise, ...] = ()
+    #: Bytes of one GPU of the pod (domain/gpu.py); 0 when no checkpointed container has one.
+    gpu_memory: int = 0
 
 
 def _meta(pod: Mapping[str, Any], field: str) -> dict[str, str]:
@@ -205,20 +207,61 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
             f"podckpt: namespace {namespace.name} enforces the {enforce!r} Pod Security level,"
             " which refuses Unconfined seccomp and added capabilities; use 'privileged'"
         )
+    checkpointed = [by_name[name] for name in selected]
+    per_gpu = gpu.pod_gpu_memory(
+        spec, checkpointed, settings.gpu_memory, op.assumed_gpu_memory_bytes
+    )
     memory = sizing.checkpointed_memory(
-        (by_name[name] for name in selected), op.assumed_memory_bytes
+        checkpointed, op.assumed_memory_bytes, gpu_memory=per_gpu.bytes if per_gpu else 0
     )
     if memory.unlimited:
         assumed = sizing.format_bytes(op.assumed_memory_bytes)
         warnings.append(
             f"podckpt: no memory limit on container(s) {', '.join(memory.unlimited)}; the grace"
             f" period and volume size assume {assumed} each"
+            + (" plus their GPUs' memory" if memory.gpu else "")
         )
     raises = sizing.footprint_raises(
         spec, selected, bundle_bytes=op.bundle_volume_bytes, agent_bytes=op.agent_memory_bytes
     )
     warnings += [f"podckpt: {r.describe()}" for r in raises]
-    return Plan(mode, settings, selected, identity, images, tuple(warnings), tuple(raises))
+    if per_gpu is not None:
+        warnings.extend(_gpu_warnings(checkpointed, per_gpu))
+    return Plan(
+        mode,
+        settings,
+        selected,
+        identity,
+        images,
+        tuple(warnings),
+        tuple(raises),
+        gpu_memory=per_gpu.bytes if per_gpu else 0,
+    )
+
+
+def _gpu_warnings(containers: list[Mapping[str, Any]], per_gpu: gpu.GpuMemory) -> list[str]:
+    """A checkpoint copies GPU memory into the container's memory (the CUDA driver's
+    checkpoint, before CRIU): a memory limit smaller than the GPUs' memory makes it fail."""
+    warnings = []
+    size = sizing.format_bytes(per_gpu.bytes)
+    if not per_gpu.known:
+        warnings.append(
+            f"podckpt: the pod's GPU model is unknown (no {gpu.PRODUCT_LABEL} node selector or"
+            f" affinity, no {qualified(Key.GPU_MEMORY)}); the grace period and volume size"
+            f" assume {size} per GPU"
+        )
+    for container in containers:
+        count = gpu.gpu_count(container)
+        limit = sizing.memory_limit(container)
+        if count and limit is not None and limit < count * per_gpu.bytes:
+            warnings.append(
+                f"podckpt: container {container['name']}: its memory limit"
+                f" {sizing.format_bytes(limit)} cannot hold the memory of its {count} GPU(s)"
+                f" ({count}x {size}, {per_gpu.source}) during a checkpoint, which copies GPU"
+                " memory into the container's memory: the checkpoint fails when more GPU memory"
+                " is in use than the limit leaves; raise the limit"
+            )
+    return warnings
 
 
 def store_key(identity: Identity) -> str:
@@ -305,11 +348,16 @@ def build(
     memory = sizing.checkpointed_memory(
         (c for c in spec.get("containers") or () if c["name"] in plan.containers),
         op.assumed_memory_bytes,
+        gpu_memory=plan.gpu_memory,
     )
     for item in plan.raises:
         sizing.apply_raise(spec, item)
     grace = sizing.grace_period_seconds(
-        memory.total, bytes_per_second=op.dump_bytes_per_second, base_seconds=op.grace_base_seconds
+        memory.total,
+        bytes_per_second=op.dump_bytes_per_second,
+        base_seconds=op.grace_base_seconds,
+        gpu_bytes=memory.gpu,
+        gpu_bytes_per_second=op.gpu_copy_bytes_per_second,
     )
     spec["terminationGracePeriodSeconds"] = max(
         int(spec.get("terminationGracePeriodSeconds") or 30), grace
