@@ -375,7 +375,7 @@ def section(args: argparse.Namespace, facts: dict[str, str], raw_result: dict[st
             f" (+ {r['unlock_s']}) | {'yes' if r['continued'] else 'NO'},"
             f" {'yes' if 'mismatches=0' in r['verify'] else 'NO'} |"
         )
-    cuda_run = next((r for r in runs if r["name"].startswith("CUDA C")), None)
+    cuda_run = runs[0] if runs else None  # the raw sequence ran the same program
     if raw_result and raw_result.get("ok") and cuda_run:
         raw_ckpt = raw_result["cuCheckpointProcessCheckpoint"]["s"] + raw_result["dump"]["s"]
         raw_rest = raw_result["restore"]["s"] + raw_result["cuCheckpointProcessRestore"]["s"]
@@ -383,7 +383,7 @@ def section(args: argparse.Namespace, facts: dict[str, str], raw_result: dict[st
         agent_rest = cuda_run["criu_restore_s"] + cuda_run["gpu_restore_s"]
         out += [
             "",
-            f"Side by side on the CUDA C program ({args.cuda_mib} MiB), raw sequence (driver API"
+            f"Side by side on the {cuda_run['name']} program, raw sequence (driver API"
             f" + CRIU, no agent) measured in the same run: checkpoint + dump {raw_ckpt:.2f} s,"
             f" CRIU restore + GPU restore {raw_rest:.2f} s (the issue's reference: 3.91 + 4.70,"
             " 4.28 + 1.38).",
@@ -396,7 +396,7 @@ def section(args: argparse.Namespace, facts: dict[str, str], raw_result: dict[st
             f" | {ratio(cuda_run['sigterm_to_exit_s'], raw_ckpt)}"
             f" | {ratio(cuda_run['restore_total_s'], raw_rest)} |",
         ]
-    elif raw_result:
+    elif raw_result and not raw_result.get("ok"):
         notes.append(f"raw sequence failed: {raw_result.get('error')}")
     if notes:
         out += ["", *(f"- {n}" for n in notes)]
@@ -421,6 +421,11 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/gpu.py: run as root (CRIU, namespaces)")
+    if sys.version_info < (3, 11):  # noqa: UP036 - run by a GPU machine's python3, any version
+        sys.exit("bench/gpu.py: the agent needs Python >= 3.11: run this script with one")
+    for tool in ("unshare", "setpriv"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench/gpu.py: {tool} (util-linux) not found")
     criu = find_criu(args.criu)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -436,11 +441,18 @@ def main() -> None:
         gpus = work / "standin-gpus"
         shutil.rmtree(gpus, ignore_errors=True)
         counter = iter(range(1, 1000))
+        link = work / "standin-gpu"
 
         def gpu_env(_: int) -> dict[str, str]:
+            """A new GPU for each "container", always at the same path: a restored process
+            keeps the environment it was dumped with, as it keeps /dev/nvidia* paths."""
             path = gpus / f"gpu{next(counter)}"
             StandinGpu(path, [(H200, 1)])
-            return {"STANDIN_GPU_DIR": str(path)}
+            tmp = link.with_name(link.name + ".new")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(path)
+            tmp.replace(link)
+            return {"STANDIN_GPU_DIR": str(link)}
 
         app = [sys.executable, str(STANDIN_APP), "--mib", str(args.cuda_mib)]
         programs.append((f"stand-in ({args.cuda_mib} MiB)", app))
@@ -469,17 +481,26 @@ def main() -> None:
     print(facts, flush=True)
     raw_result = None
     if not args.no_raw:
-        raw_result = run_raw(criu, work, "raw", app, raw_env)
+        try:
+            raw_result = run_raw(criu, work, "raw", app, raw_env)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            raw_result = {"ok": False, "error": str(exc)}
         print(json.dumps(raw_result), flush=True)
-    runs = []
+    runs, failed = [], []
     for name, argv in programs:
-        result = agent_run(name, argv, env, work, gpu_env)
+        try:  # one program failing must not cost the other's figures
+            result = agent_run(name, argv, env, work, gpu_env)
+        except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, IndexError) as exc:
+            print(f"{name}: FAILED: {exc}", flush=True)
+            notes.append(f"{name}: failed: {str(exc).splitlines()[0]}")
+            failed.append(name)
+            continue
         print(json.dumps(result), flush=True)
         runs.append(result)
     facts["load_after"] = f"{os.getloadavg()[0]:.1f}"
     text = section(args, facts, raw_result, runs, notes)
     print(text)
-    failed = [r["name"] for r in runs if not r["ok"]]
+    failed += [r["name"] for r in runs if not r["ok"]]
     if raw_result is not None and not raw_result.get("ok"):
         failed.append("raw sequence")
     if args.standin or args.no_doc:

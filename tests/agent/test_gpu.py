@@ -251,7 +251,8 @@ def test_restore_only_onto_the_same_gpu_model_and_count(
     agent: AgentHarness, libcuda: Path, tmp_path: Path
 ) -> None:
     """Another model, another count, no GPU: the generation is refused before CRIU runs, the
-    application starts fresh (a Warning) or, under restore-policy strict, the agent exits 201."""
+    application starts fresh (a Warning) or, under restore-policy strict, the agent exits 201.
+    Without a GPU the fresh application fails as it would without podckpt (its own exit code)."""
     first = start(agent, libcuda, gpu(tmp_path, "gpu1"), annotations={})
     wait_count(first, 5)
     assert stop_and_wait(first) == CHECKPOINTED
@@ -271,9 +272,14 @@ def test_restore_only_onto_the_same_gpu_model_and_count(
         if keys:
             assert box.wait(30) == exitcodes.RESTORE_FAILURE
             assert "count" not in box.stdout_text()
+        elif device is None:
+            assert box.wait(30) == 3
+            assert "cuda error cuInit 100" in box.stdout_text()
         else:
             assert wait_count(box, 3)[0] == 1
+        if not keys:
             assert phases(box, "restore", "fallback-fresh")
+            assert phases(box, "fresh-start", "ok")
         failed = phases(box, "restore", "failed")[0]
         assert "1x NVIDIA H200" in failed["error"]
         assert error in failed["error"], failed["error"]

@@ -4,8 +4,8 @@ filled with a pattern, and a counter that lives only in GPU memory, bumped once 
 SIGUSR1: read the whole buffer back from the GPU and print `verify mismatches=M counter=C`.
 SIGTERM: print `exiting 0: SIGTERM` and exit 0 (to tell a forwarded SIGTERM).
 
-Options: `--mib N` (default 4); `--ghost` holds a deleted 100 MiB file open, which CRIU
-refuses to dump (over the agent's ghost limit): a dump that fails after the GPU checkpoint;
+Options: `--mib N` (default 4); `--ghost` holds a deleted 65 MiB file open, which CRIU
+refuses to dump (over the agent's 64 MiB ghost limit): a dump that fails after the GPU checkpoint;
 `--child` forks a second CUDA process (its own context and memory) that counts as `child N`.
 """
 
@@ -66,7 +66,9 @@ check(cuda.cuMemcpyHtoD_v2(buf, pattern, size), "cuMemcpyHtoD")
 del pattern  # the only copy is in GPU memory now
 if "--ghost" in args:
     ghost = open("/tmp/ghost", "wb")  # noqa: SIM115 - held open on purpose
-    ghost.truncate(100 << 20)
+    for _ in range(65):  # real blocks: CRIU saves holes of a sparse file for free
+        ghost.write(b"\1" * (1 << 20))
+    ghost.flush()
     os.unlink("/tmp/ghost")
 
 asked = []
