@@ -250,9 +250,10 @@ def test_lock_timeout_is_undone_and_the_application_gets_its_sigterm(
 def test_restore_only_onto_the_same_gpu_model_and_count(
     agent: AgentHarness, libcuda: Path, tmp_path: Path
 ) -> None:
-    """Another model, another count, no GPU: the generation is refused before CRIU runs, the
-    application starts fresh (a Warning) or, under restore-policy strict, the agent exits 201.
-    Without a GPU the fresh application fails as it would without podckpt (its own exit code)."""
+    """Another model, another count, no GPU: the generation is refused before CRIU runs (and
+    kept: it is sound, a container on the right GPU may still restore it), the application
+    starts fresh (a Warning) or, under restore-policy strict, the agent exits 201. Without a
+    GPU the fresh application fails as it would without podckpt (its own exit code)."""
     first = start(agent, libcuda, gpu(tmp_path, "gpu1"), annotations={})
     wait_count(first, 5)
     assert stop_and_wait(first) == CHECKPOINTED
@@ -280,9 +281,10 @@ def test_restore_only_onto_the_same_gpu_model_and_count(
         if not keys:
             assert phases(box, "restore", "fallback-fresh")
             assert phases(box, "fresh-start", "ok")
-        failed = phases(box, "restore", "failed")[0]
-        assert "1x NVIDIA H200" in failed["error"]
-        assert error in failed["error"], failed["error"]
+        refused = phases(box, "restore", "refused")[0]
+        assert "1x NVIDIA H200" in refused["why"]
+        assert error in refused["why"], refused["why"]
+        assert not phases(box, "restore", "failed")
         if device:
             assert device.steps() == [], "the driver was never asked to restore"
         box.destroy()
