@@ -24,6 +24,7 @@ from .context import Context
 from .errors import (
     AgentError,
     CriuFailedError,
+    FilesError,
     StoreWriteError,
     UnsupportedProcessError,
 )
@@ -184,7 +185,10 @@ def dump(
                     members, exclude=ctx.exclude, changed_since=ctx.lineage_start
                 )
             extra_files, extra_dirs = files.expand(settings.files)
-            saved = files.save([*found, *extra_files], [*dirs, *extra_dirs], gen.path)
+            try:
+                saved = files.save([*found, *extra_files], [*dirs, *extra_dirs], gen.path)
+            except FilesError as exc:
+                raise _explain_full(ctx, exc) from exc
             stopped_s = result.stats.get("frozen_time_us", 0) / 1e6 + stopped_timer.elapsed()
             if not final:
                 proctree.continue_tree(root)
@@ -244,8 +248,8 @@ def _keep_failed_log(ctx: Context, dump_log: os.PathLike[str], diagnosis: bool) 
         shutil.copyfile(dump_log, ctx.store_root / "last-failed-dump.log")
 
 
-def _explain_full(ctx: Context, exc: CriuFailedError) -> AgentError:
-    """A CRIU failure on a full store says so (decided by free space, not by log text)."""
+def _explain_full(ctx: Context, exc: AgentError) -> AgentError:
+    """A CRIU or copy failure on a full store says so (decided by free space, not by text)."""
     free = ctx.store.free_bytes()
     if free is not None and free < (1 << 20):
         return StoreWriteError(

@@ -241,7 +241,7 @@ def dump_args(
 
 def restore_args(
     images: Path,
-    pidfile: Path,
+    pidfile: Path | None,
     inherit: Mapping[int, str],
     *,
     privileged: bool,
@@ -249,16 +249,12 @@ def restore_args(
     """`-d --restore-sibling`: the restored root becomes the agent's child, so the agent reaps
     it and gets its exit code. `--leave-stopped`: the agent moves the PID counter above the
     application's range before any restored task can fork (see pids.py).
-    `--inherit-fd`: the new container's stdout/stderr replace the dumped ones."""
-    args = [
-        "-D",
-        str(images),
-        "--restore-detached",
-        "--restore-sibling",
-        "--pidfile",
-        str(pidfile),
-        "--leave-stopped",
-    ]
+    `--inherit-fd`: the new container's stdout/stderr replace the dumped ones. No `--pidfile`
+    by default: the root comes back at its dumped PID, and a pidfile in the store cannot be
+    written when the store is full (nor created again after a killed restore)."""
+    args = ["-D", str(images), "--restore-detached", "--restore-sibling", "--leave-stopped"]
+    if pidfile is not None:
+        args += ["--pidfile", str(pidfile)]
     for fd, key in sorted(inherit.items()):
         args.append(f"--inherit-fd=fd[{fd}]:{key}")
     return args + common_args(privileged=privileged)

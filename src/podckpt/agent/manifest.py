@@ -45,8 +45,11 @@ KEY_MIN_BYTES = 16
 KEY_MAX_BYTES = 4096
 #: Digest algorithms a checksum entry may use (hashlib names); sha256 is what commit writes.
 DIGESTS = ("sha256", "blake2b", "sha512")
-#: Files of a generation that are not covered by its checksums (written after the commit).
-UNCHECKED = frozenset({"manifest.json", "RESTORED", "FAILED", "restore.log", "restore.pid"})
+#: Files of a generation that are not covered by its checksums: written after the commit, by
+#: the agent or by CRIU's restore (its statistics; CRIU never reads them back).
+UNCHECKED = frozenset(
+    {"manifest.json", "RESTORED", "FAILED", "restore.log", "restore.pid", "images/stats-restore"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +104,12 @@ class Manifest:
     def lineage_start(self) -> float | None:
         value = self.body.get("lineage_start")
         return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def root_pid(self) -> int | None:
+        """The dumped tree's root: CRIU restores it at the same PID."""
+        value = self.body.get("root_pid")
+        return value if type(value) is int else None
 
     @property
     def setid_files(self) -> frozenset[str]:
@@ -192,6 +201,9 @@ def parse(
     lineage = body.get("lineage_start")
     if lineage is not None and (type(lineage) not in (int, float)):
         raise GenerationInvalidError(name, "manifest.json: lineage_start is not a number")
+    root = body.get("root_pid")
+    if root is not None and (type(root) is not int or not 1 < root < 1 << 22):
+        raise GenerationInvalidError(name, "manifest.json: root_pid is not a pid")
     setid = body.get("setid_files", [])
     if not isinstance(setid, list) or any(safe_abspath(p) is None for p in setid):
         raise GenerationInvalidError(name, "manifest.json: setid_files is not a list of paths")

@@ -23,7 +23,7 @@ from .errors import (
     GenerationInvalidError,
     GpuError,
 )
-from .inputs import BadInput, read_token
+from .inputs import BadInput
 from .log import Timer
 from .manifest import Manifest
 from .store import FAILED, Generation, Removed
@@ -91,7 +91,9 @@ def try_restore(ctx: Context, gen: Generation) -> tuple[int, Manifest, dict[str,
     gpu_plan = _gpu_plan(gen, manifest)  # before the checksums: cheap, and may refuse
     ctx.store.verify_contents(gen, manifest)
     written = files.put_back(gen.path, manifest.setid_files)
-    pidfile = gen.path / "restore.pid"
+    root = manifest.root_pid
+    if root is None:
+        raise GenerationInvalidError(gen.name, "manifest.json records no root pid")
     inherit = inherit_map(manifest.stdio)
     passed = []
     try:
@@ -101,11 +103,11 @@ def try_restore(ctx: Context, gen: Generation) -> tuple[int, Manifest, dict[str,
         result = criu.run(
             ctx.criu,
             "restore",
-            criu.restore_args(gen.images, pidfile, inherit, privileged=ctx.privileged),
+            criu.restore_args(gen.images, None, inherit, privileged=ctx.privileged),
             gen.path / "restore.log",
             pass_fds=passed,
         )
-        root = int(read_token(pidfile))
+        _check_child(root)
     except BaseException:
         files.remove(written)
         raise
@@ -141,6 +143,37 @@ def _gpu_plan(gen: Generation, manifest: Manifest) -> gpu.RestorePlan | None:
         return gpu.plan_restore(gen.name, manifest.body)
     except gpu.GpuMismatchError as exc:
         raise GenerationRefused(gen.name, exc.reason) from exc
+
+
+def _check_child(pid: int) -> None:
+    """CRIU restored the root at its dumped PID as the agent's child (--restore-sibling)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            ppid = next((line.split()[1] for line in status if line.startswith("PPid:")), "")
+    except OSError:
+        ppid = ""
+    if ppid != str(os.getpid()):
+        raise CriuRunError(f"criu restore exited 0 but process {pid} is not the agent's child")
+
+
+def reap_leftovers(timeout: float = 2.0) -> None:
+    """Reap what a failed `criu restore --restore-sibling` left: it kills the tasks it had
+    created, which are the agent's children, so they stay zombies holding their PIDs until
+    the agent reaps them, and the next (older) generation's restore then fails with `Can't
+    fork for 301: File exists` (found by the fault-injection suite). Before the application
+    runs, every child of the agent is such a leftover."""
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 def log_cleanup(removed: list[Removed]) -> None:
@@ -179,6 +212,7 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
                 attempts.append({"generation": gen.name, "error": str(exc)})
                 log.emit("restore", "failed", timer.elapsed(), generation=gen.name, error=str(exc))
                 store.mark(gen, FAILED)
+                reap_leftovers()
                 continue
             except (OSError, ValueError, BadInput) as exc:
                 error = AgentError(f"restore of {gen.name}: {exc}")
@@ -187,6 +221,7 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
                     "restore", "failed", timer.elapsed(), generation=gen.name, error=str(error)
                 )
                 store.mark(gen, FAILED)
+                reap_leftovers()
                 continue
             log.emit(
                 "restore",

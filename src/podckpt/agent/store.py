@@ -303,9 +303,13 @@ class Store:
         return os.path.lexists(gen.path / MANIFEST)
 
     def latest_name(self) -> str | None:
-        """LATEST's generation; None when there is none yet. A LATEST that cannot be read or
-        names no generation is damage: `latest_problem` says so and the newest generation
-        with a manifest counts instead (its checksums are verified before any restore)."""
+        """LATEST's generation; None when there is none yet.
+
+        A LATEST that cannot be read or is not a generation name is damage: `latest_problem`
+        says so, and the newest generation with a manifest counts instead. So it does when
+        LATEST names a generation that is gone (retired after a restore): then only a dump
+        killed between its manifest and LATEST can be newer, and a written manifest means
+        its files were fsynced. Checksums are verified before any restore either way."""
         self.latest_problem = None
         try:
             name = read_token(self.root / LATEST)
@@ -314,9 +318,10 @@ class Store:
         except BadInput as exc:
             self.latest_problem = str(exc)
         else:
-            if generation_seq(name) is not None:
+            if generation_seq(name) is None:
+                self.latest_problem = f"{self.root / LATEST}: names no generation ({name[:80]!r})"
+            elif os.path.isdir(self.generations_dir / name):
                 return name
-            self.latest_problem = f"{self.root / LATEST}: names no generation ({name[:80]!r})"
         with_manifest = [g for g in self.all_generations() if self._has_manifest(g)]
         return with_manifest[-1].name if with_manifest else None
 
