@@ -78,6 +78,7 @@ class AgentHarness:
         seccomp: bool = False,
         store: str = "/store/app",
         container: str = "app",
+        entry: Sequence[str] = ("python3", "-m", "podckpt.agent"),
     ) -> Sandbox:
         args = ["--store", store, "--container", container]
         if labels is not None:
@@ -86,7 +87,7 @@ class AgentHarness:
         if annotations is not None:
             self.set_annotations(annotations)
             args += ["--annotations-file", "/etc/podinfo/annotations"]
-        cmd = ["python3", "-m", "podckpt.agent", "run", *args, *agent_args, "--", *argv]
+        cmd = [*entry, "run", *args, *agent_args, "--", *argv]
         return self.factory(
             self.rootfs,
             cmd,
