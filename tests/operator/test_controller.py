@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 from kubehelpers import Kube, eventually
+from kubernetes import client
 
-from podckpt.api import parse_quantity
+from podckpt.api import contract, parse_quantity
 
 pytestmark = pytest.mark.apiserver
 
@@ -187,3 +189,68 @@ def test_orphaned_checkpoint_volume_is_reported_not_deleted(kube: Kube, namespac
     ]
     assert event["type"] == "Warning"
     assert kube.pvc(namespace, "podckpt-statefulset-gone-0") is not None
+
+
+def _can(kube: Kube, serviceaccount: str, verb: str, resource: str, namespace: str) -> bool:
+    review = client.AuthorizationV1Api(kube.api).create_subject_access_review(
+        {
+            "spec": {
+                "user": f"system:serviceaccount:podckpt-system:{serviceaccount}",
+                "resourceAttributes": {
+                    "verb": verb,
+                    "resource": resource,
+                    "namespace": namespace,
+                },
+            }
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def test_store_key_secret_per_namespace_mounted_only_for_the_bundle_init_container(
+    kube: Kube, namespace: str
+) -> None:
+    """Issue 11.5: the key that authenticates a namespace's checkpoints is created by the
+    controller (which can create Secrets, never read them) and reaches the agent only through
+    the bundle init container: no checkpointed container mounts the Secret."""
+    kube.apps.create_namespaced_stateful_set(namespace, _statefulset("keyed", {}, "64Mi"))
+    secret = eventually(
+        lambda: (
+            kube.plain(kube.core.read_namespaced_secret("podckpt-store-key", namespace))
+            if "podckpt-store-key"
+            in {s.metadata.name for s in kube.core.list_namespaced_secret(namespace).items}
+            else None
+        ),
+        what="store key Secret",
+    )
+    assert secret["type"] == "Opaque"
+    assert secret["immutable"] is True
+    assert len(base64.b64decode(secret["data"]["key"])) == 32
+    assert secret["metadata"]["labels"] == {"podckpt.io/managed-by": "podckpt"}
+
+    pod = eventually(lambda: (p := kube.pods(namespace)) and p[0], what="pod")
+    spec = pod["spec"]
+    (volume,) = [v for v in spec["volumes"] if v.get("secret")]
+    assert volume["secret"]["secretName"] == "podckpt-store-key"
+    (init,) = spec["initContainers"]
+    assert volume["name"] in {m["name"] for m in init["volumeMounts"]}
+    assert init["command"][-2:] == ["--key", "/podckpt-store-key/key"]
+    for container in spec["containers"]:
+        assert volume["name"] not in {m["name"] for m in container["volumeMounts"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[contract.Env.STORE_KEY] == contract.STORE_KEY_FILE
+    assert "StoreKeyCreated" in eventually(
+        lambda: (r := kube.reasons(namespace, pod["metadata"]["name"])) and r, what="events"
+    )
+
+    # A second workload of the namespace shares the key: the Secret is never rewritten.
+    kube.apps.create_namespaced_stateful_set(namespace, _statefulset("keyed2", {}, "64Mi"))
+    eventually(lambda: kube.pvc(namespace, "podckpt-statefulset-keyed2-0"), what="PVC")
+    again = kube.plain(kube.core.read_namespaced_secret("podckpt-store-key", namespace))
+    assert again["data"] == secret["data"]
+    assert again["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"]
+
+    # The shipped RBAC: create only.
+    assert _can(kube, "podckpt-controller", "create", "secrets", namespace)
+    for verb in ("get", "list", "watch", "update", "delete"):
+        assert not _can(kube, "podckpt-controller", verb, "secrets", namespace), verb

@@ -50,7 +50,10 @@ STORE_MOUNT = "/.podckpt-store"
 #: namespace's key Secret (mounted in the init container only), into a 0700 directory as a
 #: 0400 file owned by root, so that a non-root application cannot read it even when the
 #: pod's fsGroup would make a Secret volume group-readable (docs/security.md).
-STORE_KEY_FILE = f"{BUNDLE_MOUNT}/.store-key/key"
+STORE_KEY_IN_BUNDLE = ".store-key/key"
+STORE_KEY_FILE = f"{BUNDLE_MOUNT}/{STORE_KEY_IN_BUNDLE}"
+#: The data key of the namespace's store key Secret.
+STORE_KEY_SECRET_KEY = "key"  # noqa: S105 - a Secret data key name
 
 
 # ---- environment -------------------------------------------------------------------------------

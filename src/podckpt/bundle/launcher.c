@@ -16,8 +16,9 @@
  * One source, three copies; the role comes from the copy's own path (not from argv[0], which
  * callers may set to anything):
  *   <bundle>/bin/podckpt-agent   python -I -S -m podckpt.agent ARGS   (PODCKPT_BUNDLE is set)
- *                                podckpt-agent install --to DIR: copy the bundle into DIR
- *                                (the init container's job; no Python needed for it)
+ *                                podckpt-agent install --to DIR [--key FILE]: copy the bundle
+ *                                (and the store key) into DIR (the init container's job; no
+ *                                Python needed for it)
  *   <bundle>/bin/python3         python -I -S ARGS (what sys.executable points at)
  *   <bundle>/criu/criu           criu ARGS
  *   <bundle>/bin/podckpt-pidfloor FLOOR
@@ -143,17 +144,53 @@ static void copy_tree(const char *src, const char *dst)
 	closedir(d);
 }
 
+/* The namespace's store key (docs/security.md): copied from the Secret mounted in the init
+ * container only into DIR/.store-key/key (podckpt.api.contract.STORE_KEY_IN_BUNDLE), a 0400
+ * file in a 0700 directory, both root's. Whatever the kubelet made of the Secret's mode (with
+ * an fsGroup it is group-readable), a non-root application cannot read this copy. */
+static void install_key(const char *key, const char *to)
+{
+	char *dir = join(to, ".store-key");
+	if (mkdir(dir, 0700) && errno != EEXIST)
+		die("cannot create", dir);
+	if (chmod(dir, 0700))
+		die("cannot secure", dir);
+	int sfd = open(key, O_RDONLY | O_CLOEXEC);
+	if (sfd < 0)
+		die("cannot open the store key", key);
+	struct stat st;
+	if (fstat(sfd, &st))
+		die("cannot stat", key);
+	char *tmp = join(dir, ".key.tmp"), *dst = join(dir, "key");
+	unlink(tmp);
+	int dfd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
+	if (dfd < 0)
+		die("cannot create", tmp);
+	if (copy_file(sfd, dfd, st.st_size) || fchmod(dfd, 0400) || fsync(dfd))
+		die("cannot copy", key);
+	close(sfd);
+	if (close(dfd) || rename(tmp, dst))
+		die("cannot write", dst);
+	free(tmp);
+	free(dst);
+	free(dir);
+}
+
 static int install(const char *bundle, int argc, char **argv)
 {
-	const char *to = NULL;
+	const char *to = NULL, *key = NULL;
 	for (int i = 2; i < argc; i++) {
 		if (!strcmp(argv[i], "--to") && i + 1 < argc)
 			to = argv[++i];
 		else if (!strncmp(argv[i], "--to=", 5))
 			to = argv[i] + 5;
+		else if (!strcmp(argv[i], "--key") && i + 1 < argc)
+			key = argv[++i];
+		else if (!strncmp(argv[i], "--key=", 6))
+			key = argv[i] + 6;
 	}
 	if (!to) {
-		fprintf(stderr, "usage: podckpt-agent install --to DIR\n");
+		fprintf(stderr, "usage: podckpt-agent install --to DIR [--key FILE]\n");
 		return 2;
 	}
 	if (mkdir(to, 0755) && errno != EEXIST)
@@ -163,6 +200,8 @@ static int install(const char *bundle, int argc, char **argv)
 	if (unlink(marker) && errno != ENOENT)
 		die("cannot remove", marker);
 	copy_tree(bundle, to);
+	if (key)
+		install_key(key, to);
 	int fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0 || close(fd))
 		die("cannot create", marker);

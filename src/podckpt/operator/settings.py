@@ -62,6 +62,17 @@ class OperatorSettings(BaseSettings):
     #: fixed by the webhook<->agent contract, `podckpt.api.contract`, not a setting.)
     agent_capabilities: tuple[str, ...] = DEFAULT_AGENT_CAPABILITIES
 
+    # -- the store key ----------------------------------------------------------------------
+    #: The per-namespace Secret whose `key` authenticates checkpoint manifests (HMAC-SHA256,
+    #: docs/security.md): the controller creates it (create only: it never reads Secrets),
+    #: the webhook mounts it into the bundle init container only, which copies it where only
+    #: the root agent can read it. Empty: no key, manifests are not authenticated.
+    store_key_secret: str = "podckpt-store-key"  # noqa: S105 - a Secret name
+    #: Restore checkpoints written by podckpt 0.1.0 (they carry no HMAC) although a key is
+    #: set. For the upgrade from 0.1.0 only: while it is on, whoever can write a checkpoint
+    #: volume can make the agent restore unauthenticated images (docs/upgrade.md).
+    store_accept_unsigned: bool = False
+
     # -- grace period -------------------------------------------------------------------------
     #: Dump throughput assumed when sizing terminationGracePeriodSeconds. Measured 1.0-1.5 GB/s
     #: to local ext4 including fsync (CRIU notes); we assume 200 MiB/s so that network volumes

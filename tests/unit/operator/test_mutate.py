@@ -7,6 +7,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from podckpt.api import contract
 from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.argv import ImageArgv
@@ -242,7 +243,7 @@ def test_injected_pod(make_pod: Any, op: OperatorSettings) -> None:
     init = spec["initContainers"][0]
     assert init["name"] == "podckpt-bundle"
     assert init["image"] == op.bundle_image
-    assert init["command"] == list(op.bundle_install_command)
+    assert init["command"] == [*op.bundle_install_command, "--key", "/podckpt-store-key/key"]
     app = spec["containers"][0]
     assert app["command"] == [
         "/.podckpt/bin/podckpt-agent",
@@ -286,6 +287,43 @@ def test_injected_pod(make_pod: Any, op: OperatorSettings) -> None:
     assert annotations[op.annotation("injected")] == "v1"
     assert annotations[op.annotation("identity")] == "statefulset/db#0"
     assert annotations[op.annotation("claim")] == "podckpt-statefulset-db-0"
+
+
+def test_store_key_secret_is_mounted_into_the_bundle_init_container_only(
+    make_pod: Any, op: OperatorSettings
+) -> None:
+    """With an fsGroup the kubelet makes a Secret volume group-readable: a non-root
+    application of that group must never see it (issue 11.5)."""
+    pod = make_pod(name="db-0", owner="statefulset", labels=ON)
+    pod["spec"]["securityContext"] = {"fsGroup": 2000}
+    spec = build(pod, planned(pod, op), {}, op)["spec"]
+    (volume,) = [v for v in spec["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "podckpt-store-key"
+    assert volume["secret"]["defaultMode"] == 0o400
+    assert not volume["secret"].get("optional")
+    init = spec["initContainers"][0]
+    assert {"name": volume["name"], "mountPath": "/podckpt-store-key", "readOnly": True} in init[
+        "volumeMounts"
+    ]
+    for container in spec["containers"]:
+        assert volume["name"] not in {m["name"] for m in container["volumeMounts"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[contract.Env.STORE_KEY] == contract.STORE_KEY_FILE
+        assert contract.Env.STORE_ACCEPT_UNSIGNED not in env
+    assert contract.STORE_KEY_FILE.startswith(contract.BUNDLE_MOUNT + "/")
+
+
+def test_store_key_off_and_accept_unsigned_settings(make_pod: Any) -> None:
+    pod = make_pod(name="db-0", owner="statefulset", labels=ON)
+    off = OperatorSettings(store_key_secret="")
+    spec = build(pod, planned(pod, off), {}, off)["spec"]
+    assert not [v for v in spec["volumes"] if "secret" in v]
+    assert spec["initContainers"][0]["command"] == list(off.bundle_install_command)
+    assert contract.Env.STORE_KEY not in {e["name"] for e in spec["containers"][0]["env"]}
+    upgrading = OperatorSettings(store_accept_unsigned=True)
+    spec = build(pod, planned(pod, upgrading), {}, upgrading)["spec"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env[contract.Env.STORE_ACCEPT_UNSIGNED] == "true"
 
 
 def test_longer_grace_period_of_the_user_is_kept(make_pod: Any, op: OperatorSettings) -> None:

@@ -17,7 +17,7 @@ from podckpt.operator.domain.identity import Identity, Owner, controller_owner
 from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
 from podckpt.operator.settings import OperatorSettings
 
-from . import events, volumes
+from . import events, storekey, volumes
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class ControllerState:
     op: OperatorSettings
     api: KubeAPI | None = None
     claims: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    keys: storekey.KeyTracker = dataclasses.field(default_factory=storekey.KeyTracker)
     seen: _Seen = dataclasses.field(default_factory=_Seen)
     sweeper: asyncio.Task[None] | None = None
 
@@ -159,6 +160,35 @@ async def ensure_claim(
     state.claims.add((namespace, claim))
 
 
+async def ensure_store_key(state: ControllerState, body: kopf.Body) -> None:
+    """Create the namespace's store key Secret unless it exists (storekey.py). The pod's
+    kubelet retries mounting it until then, as it does for any Secret."""
+    op = state.op
+    namespace = body.metadata.namespace or ""
+    if not op.store_key_secret or not state.keys.due(namespace):
+        return
+    api = _api(state)
+    manifest = storekey.build_store_key_secret(namespace, op)
+    try:
+        await _with_retries(
+            f"create Secret {namespace}/{op.store_key_secret}",
+            lambda: api.post(namespaced("secrets", namespace), manifest),
+        )
+    except ApiError as exc:
+        if not exc.conflict:
+            raise
+    else:
+        kopf.event(
+            body,
+            type=events.NORMAL,
+            reason="StoreKeyCreated",
+            message=f"Secret {op.store_key_secret} created: the key that authenticates this"
+            " namespace's checkpoints",
+        )
+        logger.info("created the store key Secret of namespace %s", namespace)
+    state.keys.done(namespace)
+
+
 #: Seconds between reads of a started container's log head (~30 s in all).
 LOG_HEAD_RETRY_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
@@ -214,6 +244,7 @@ async def injected_pod(
         iter(namespace_entry.get(namespace, ())), ({}, {})
     )
     if kind != "DELETED":
+        await ensure_store_key(state, body)
         await ensure_claim(state, body, entry[0], entry[1])
     if kind == "ADDED" and state.seen.add((uid, "injected")):
         op = state.op

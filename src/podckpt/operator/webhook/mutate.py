@@ -41,6 +41,9 @@ INJECTION_VERSION = "v1"
 BUNDLE_VOLUME = "podckpt-bundle"
 META_VOLUME = "podckpt-meta"
 STORE_VOLUME = "podckpt-store"
+#: The namespace's store key Secret, mounted into the bundle init container only.
+STORE_KEY_VOLUME = "podckpt-store-key"
+STORE_KEY_SECRET_MOUNT = "/podckpt-store-key"  # noqa: S105 - a path
 BUNDLE_INIT_CONTAINER = "podckpt-bundle"
 POD_NAME_ENV = contract.Env.POD_NAME
 
@@ -162,7 +165,7 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
                 )
             )
         )
-    for ours in (BUNDLE_VOLUME, META_VOLUME, STORE_VOLUME):
+    for ours in (BUNDLE_VOLUME, META_VOLUME, STORE_VOLUME, STORE_KEY_VOLUME):
         if ours in volume_names:
             raise DeniedError(f"volume name {ours!r} is reserved for podckpt; rename the volume")
 
@@ -329,6 +332,19 @@ def build(
         volumes.append(
             {"name": STORE_VOLUME, "persistentVolumeClaim": {"claimName": identity.claim_name}}
         )
+    if op.store_key_secret:
+        # Not optional: a pod waits (ContainerCreating) until the controller has created the
+        # namespace's key, rather than run with checkpoints nobody can authenticate.
+        volumes.append(
+            {
+                "name": STORE_KEY_VOLUME,
+                "secret": {
+                    "secretName": op.store_key_secret,
+                    "items": [{"key": contract.STORE_KEY_SECRET_KEY, "path": "key", "mode": 0o400}],
+                    "defaultMode": 0o400,
+                },
+            }
+        )
 
     spec.setdefault("initContainers", []).insert(0, _bundle_init_container(op))
 
@@ -366,12 +382,23 @@ def build(
 
 
 def _bundle_init_container(op: OperatorSettings) -> dict[str, Any]:
+    """Copies the bundle into the emptyDir and, with a store key, the key beside it (0400 in
+    a 0700 directory, root's: `podckpt-agent install --key`). Only this container mounts the
+    Secret: with an fsGroup, the kubelet makes a Secret volume group-readable (0440), which
+    a non-root application in that group could read."""
+    command = list(op.bundle_install_command)
+    mounts: list[dict[str, Any]] = [{"name": BUNDLE_VOLUME, "mountPath": op.bundle_install_target}]
+    if op.store_key_secret:
+        command += ["--key", f"{STORE_KEY_SECRET_MOUNT}/key"]
+        mounts.append(
+            {"name": STORE_KEY_VOLUME, "mountPath": STORE_KEY_SECRET_MOUNT, "readOnly": True}
+        )
     return {
         "name": BUNDLE_INIT_CONTAINER,
         "image": op.bundle_image,
         "imagePullPolicy": op.bundle_image_pull_policy,
-        "command": list(op.bundle_install_command),
-        "volumeMounts": [{"name": BUNDLE_VOLUME, "mountPath": op.bundle_install_target}],
+        "command": command,
+        "volumeMounts": mounts,
         "resources": {
             "requests": {"cpu": "10m", "memory": "32Mi"},
             "limits": {"memory": "128Mi"},
@@ -421,6 +448,10 @@ def _wrap(
 
     # A checkpoint is restored only into a container of the same image and argv.
     env.append({"name": contract.Env.IMAGE, "value": str(container.get("image", ""))})
+    if op.store_key_secret:
+        env.append({"name": contract.Env.STORE_KEY, "value": contract.STORE_KEY_FILE})
+        if op.store_accept_unsigned:
+            env.append({"name": contract.Env.STORE_ACCEPT_UNSIGNED, "value": "true"})
 
     security = container.setdefault("securityContext", {})
     # The agent runs as root; the user the application ran as is handed to it, so that it
