@@ -2,7 +2,7 @@
 
     python3 /apps/fault_agent.py run ...        (instead of python3 -m podckpt.agent run ...)
 
-$PODCKPT_FAULT chooses one fault (nothing else differs from the agent a pod runs):
+$AGENT_FAULT chooses one fault (nothing else differs from the agent a pod runs):
 
     kill:<phase>:<n>[@<k>]   SIGKILL at the n-th system call the agent makes inside the k-th
                              (default 1st) run of <phase>: the agent stops there and the suite
@@ -147,7 +147,7 @@ def _suffix(filename):
 
 
 if __name__ == "__main__":
-    spec = os.environ.pop("PODCKPT_FAULT", "")
+    spec = os.environ.pop("AGENT_FAULT", "")
     if spec:
         install(spec)
     sys.path.insert(0, os.environ.get("PODCKPT_SRC", "/opt/podckpt"))

@@ -2,7 +2,7 @@
 space, fed corrupted and random input. Every case asserts no traceback, no damaged committed
 generation and no crash loop; the session prints one summary line (docs/reliability.md).
 
-Seeded: PODCKPT_FAULT_SEED (default 16) chooses every kill point, corruption and mutation,
+Seeded: FAULT_SEED (default 16) chooses every kill point, corruption and mutation,
 so a failing case is reproduced by running the same test with the same seed.
 """
 

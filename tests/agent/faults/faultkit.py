@@ -18,7 +18,7 @@ from podckpt.agent.store import FAILED, RESTORED, Store
 from podckpt.api import contract
 from podckpt.devtools.sandbox import Sandbox
 
-SEED = int(os.environ.get("PODCKPT_FAULT_SEED", "16"))
+SEED = int(os.environ.get("FAULT_SEED", "16"))
 KEY = b"fault-suite-namespace-key-0123456789"
 FAULT_ENTRY = ("python3", "/apps/fault_agent.py")
 
@@ -42,7 +42,7 @@ def keyed_env(agent: AgentHarness, fault: str | None = None) -> dict[str, str]:
     (agent.labels_dir / "store-key").write_bytes(KEY)
     env = {contract.Env.STORE_KEY: "/etc/podinfo/store-key"}
     if fault:
-        env["PODCKPT_FAULT"] = fault
+        env["AGENT_FAULT"] = fault
     return env
 
 
