@@ -28,29 +28,23 @@ import errno
 import fcntl
 import os
 import re
-import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from . import manifest as manifest_format
-from .errors import (
-    GenerationInvalidError,
-    StoreError,
-    StoreLockTimeout,
-    StoreMismatchError,
-    StoreWriteError,
+from .errors import StoreError, StoreLockTimeout, StoreMismatchError, StoreWriteError
+from .fsio import (
+    DIR_MODE,
+    FILE_MODE,
+    fsync_dir,
+    hash_fd,
+    private_dir,
+    rmtree,
+    secure,
+    write_atomic,
 )
-from .inputs import (
-    LIST_LIMIT,
-    BadInput,
-    Missing,
-    open_beneath,
-    read_fd,
-    read_object,
-    read_token,
-    walk_files,
-)
+from .inputs import BadInput, Missing, read_object, read_token
 from .manifest import Manifest, Trust
 
 TYPE_CHECKING = False
@@ -68,9 +62,6 @@ MANIFEST = "manifest.json"
 RESTORED = "RESTORED"
 FAILED = "FAILED"
 TRASH_PREFIX = ".trash-"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-_CHUNK = 1 << 20
 _NAME = re.compile(r"^[0-9]{8}T[0-9]{6}Z-([0-9]{6,12})$")
 
 
@@ -78,78 +69,6 @@ def generation_seq(name: str) -> int | None:
     """The sequence number of a generation directory name, None for anything else."""
     match = _NAME.match(name)
     return int(match[1]) if match else None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write-temp, fsync, rename, fsync the directory: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a leftover (or a planted symlink) is never written through
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def private_dir(path: Path) -> None:
-    """Create `path` 0700, or tighten an existing directory to 0700 (stores written by
-    podckpt 0.1.0 were 0755)."""
-    try:
-        os.mkdir(path, DIR_MODE)
-    except FileExistsError:
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise
-        if stat.S_IMODE(st.st_mode) != DIR_MODE:
-            os.chmod(path, DIR_MODE)
-    else:
-        os.chmod(path, DIR_MODE)  # whatever the umask
-
-
-def _rmtree(path: Path) -> None:
-    import shutil  # noqa: PLC0415 - rarely needed, and not before the application starts
-
-    if path.is_symlink():
-        with contextlib.suppress(OSError):
-            path.unlink()
-        return
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def hash_file(path: Path, *, fsync: bool = False, algorithm: str = "sha256") -> tuple[int, str]:
-    """Size and digest of a file; optionally fsync it while it is open anyway."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        return _hash_fd(fd, fsync=fsync, algorithm=algorithm)
-    finally:
-        os.close(fd)
-
-
-def _hash_fd(fd: int, *, fsync: bool = False, algorithm: str = "sha256") -> tuple[int, str]:
-    import hashlib  # noqa: PLC0415 - not needed before the application starts
-
-    digest = hashlib.new(algorithm)
-    size = 0
-    while chunk := os.read(fd, _CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-    if fsync:
-        os.fsync(fd)
-    return size, digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,87 +280,28 @@ class Store:
         return result
 
     def read_manifest(self, gen: Generation) -> Manifest:
-        """The generation's manifest, authenticated and validated (manifest.py)."""
-        try:
-            fd = open_beneath(self.generations_dir, f"{gen.name}/{MANIFEST}")
-        except Missing:
-            raise GenerationInvalidError(
-                gen.name, "no manifest (the dump did not finish, or it was removed)"
-            ) from None
-        except BadInput as exc:
-            raise GenerationInvalidError(gen.name, exc.problem) from None
-        try:
-            data = read_fd(fd, gen.path / MANIFEST, LIST_LIMIT)
-        except BadInput as exc:
-            raise GenerationInvalidError(gen.name, f"manifest.json {exc.problem}") from None
-        finally:
-            os.close(fd)
-        return manifest_format.parse(
-            data,
-            name=gen.name,
-            container=self.container,
-            store_id=self.store_id,
-            trust=self.trust,
-        )
+        """The generation's manifest, authenticated and validated (verify.py)."""
+        from . import verify  # noqa: PLC0415 - only when a generation is checked
+
+        return verify.read_manifest(self, gen)
 
     def check(self, gen: Generation) -> Manifest:
-        """The manifest, once the generation holds exactly the files it lists, each a regular
-        file (no symlink anywhere) of the listed size. Cheap: no file is read but the
-        manifest. `verify` then checks contents."""
-        manifest = self.read_manifest(gen)
-        present: dict[str, os.stat_result] = {}
-        for rel, st in walk_files(gen.path):
-            if rel in manifest_format.UNCHECKED:
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                raise GenerationInvalidError(gen.name, f"{rel} is a symbolic link")
-            present[rel] = st
-        for rel, entry in sorted(manifest.files.items()):
-            if rel not in present:
-                raise GenerationInvalidError(gen.name, f"{rel} is missing")
-            st = present.pop(rel)
-            if not stat.S_ISREG(st.st_mode):
-                raise GenerationInvalidError(gen.name, f"{rel} is not a regular file")
-            if st.st_size != entry.size:
-                raise GenerationInvalidError(
-                    gen.name,
-                    f"{rel} is truncated or grown: {st.st_size} bytes, manifest says {entry.size}",
-                )
-        if present:
-            extra = ", ".join(sorted(present)[:5])
-            raise GenerationInvalidError(gen.name, f"files the manifest does not list: {extra}")
-        return manifest
+        """The manifest, once the generation holds exactly the files it lists (verify.py)."""
+        from . import verify  # noqa: PLC0415
+
+        return verify.check(self, gen)
 
     def verify_contents(self, gen: Generation, manifest: Manifest, only: str = "") -> None:
-        """Every listed file (under `only`, a path prefix, when given) has its digest."""
-        for rel, entry in sorted(manifest.files.items()):
-            if not rel.startswith(only):
-                continue
-            try:
-                fd = open_beneath(gen.path, rel)
-            except BadInput as exc:
-                raise GenerationInvalidError(gen.name, f"{rel} {exc.problem}") from None
-            try:
-                size, digest = _hash_fd(fd, algorithm=entry.algorithm)
-            except OSError as exc:
-                raise GenerationInvalidError(gen.name, f"{rel} unreadable: {exc}") from None
-            finally:
-                os.close(fd)
-            if size != entry.size:
-                raise GenerationInvalidError(
-                    gen.name,
-                    f"{rel} is truncated or grown: {size} bytes, manifest says {entry.size}",
-                )
-            if not _same(digest, entry.digest):
-                raise GenerationInvalidError(
-                    gen.name, f"{rel} is corrupted ({entry.algorithm} mismatch)"
-                )
+        """Every listed file (under the path prefix `only`) has its digest (verify.py)."""
+        from . import verify  # noqa: PLC0415
+
+        verify.verify_contents(self, gen, manifest, only)
 
     def verify(self, gen: Generation) -> Manifest:
-        """The manifest, once every file it lists has its size and digest."""
-        manifest = self.check(gen)
-        self.verify_contents(gen, manifest)
-        return manifest
+        """check + verify_contents: the manifest of a generation that is whole."""
+        from . import verify  # noqa: PLC0415
+
+        return verify.verify(self, gen)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -473,7 +333,7 @@ class Store:
             return
         except OSError:
             trash = gen.path
-        _rmtree(trash)
+        rmtree(trash)
 
     def _empty_trash(self) -> None:
         try:
@@ -482,7 +342,7 @@ class Store:
             return
         for name in names:
             if name.startswith(TRASH_PREFIX):
-                _rmtree(self.generations_dir / name)
+                rmtree(self.generations_dir / name)
 
     def begin(self) -> Generation:
         """A new, empty generation directory with the next sequence number."""
@@ -518,8 +378,8 @@ class Store:
                         continue
                     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     try:
-                        _secure(fd, FILE_MODE)
-                        size, digest = _hash_fd(fd, fsync=True)
+                        secure(fd, FILE_MODE)
+                        size, digest = hash_fd(fd, fsync=True)
                     finally:
                         os.close(fd)
                     checksums[rel] = {"size": size, "sha256": digest}
@@ -527,7 +387,7 @@ class Store:
                 for dirname in dirnames:
                     fd = os.open(base / dirname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                     try:
-                        _secure(fd, DIR_MODE)
+                        secure(fd, DIR_MODE)
                         os.fsync(fd)
                     finally:
                         os.close(fd)
@@ -613,21 +473,3 @@ class Store:
         except OSError:
             return None
         return st.f_bavail * st.f_frsize
-
-
-def _secure(fd: int, mode: int) -> None:
-    """Owned by root, `mode`. CRIU running as the application's user (asuser.py) created its
-    images as that user; without CAP_CHOWN/CAP_FOWNER they stay so, which is harmless: the
-    store's own directories are root's and 0700, so nobody else can reach them."""
-    st = os.fstat(fd)
-    with contextlib.suppress(PermissionError):
-        if (st.st_uid, st.st_gid) != (0, 0) and os.geteuid() == 0:
-            os.fchown(fd, 0, 0)
-        if stat.S_IMODE(st.st_mode) != mode:
-            os.fchmod(fd, mode)
-
-
-def _same(a: str, b: str) -> bool:
-    import hmac  # noqa: PLC0415
-
-    return hmac.compare_digest(a, b)

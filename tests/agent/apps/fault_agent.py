@@ -18,7 +18,7 @@ A "system call" is a call into the `posix` module (os.open, os.write, os.fsync, 
 os.read, waitpid, ...): every point where the agent changes or reads the store is one. Phases
 are functions of the agent: dump (checkpoint.dump, without the commit inside it), commit
 (Store.commit), restore (restore.restore_latest), save (files.save), criu (criu.run),
-latest (store.write_atomic of LATEST). When a phase returns, one line on stderr says how many
+latest (fsio.write_atomic of LATEST). When a phase returns, one line on stderr says how many
 calls it made (`{"fault": "calls", ...}`): the suite draws its kill points from those counts.
 """
 
@@ -34,7 +34,7 @@ PHASES = {
     "restore": ("restore_latest", "/agent/restore.py"),
     "save": ("save", "/agent/files.py"),
     "criu": ("run", "/agent/criu.py"),
-    "latest": ("write_atomic", "/agent/store.py"),
+    "latest": ("write_atomic", "/agent/fsio.py"),
 }
 _BY_CODE = {code: phase for phase, code in PHASES.items()}
 

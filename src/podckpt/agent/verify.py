@@ -1,0 +1,113 @@
+"""Checking a generation before it is restored: its manifest (authenticated, manifest.py),
+exactly the files it lists (no symlink, nothing planted, nothing missing, sizes), then their
+digests. Everything is read without following a symbolic link inside the store (inputs.py).
+
+`check` is cheap (only the manifest is read); `verify_contents` reads every listed file (or
+those under a prefix), so a restore can decide what to hash before CRIU reads the images and
+what to hash while it does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import stat
+
+from . import manifest as manifest_format
+from .errors import GenerationInvalidError
+from .fsio import hash_fd
+from .inputs import LIST_LIMIT, BadInput, Missing, open_beneath, read_fd, walk_files
+from .manifest import Manifest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .store import Generation, Store
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(store: Store, gen: Generation) -> Manifest:
+    """The generation's manifest, authenticated and validated (manifest.py)."""
+    try:
+        fd = open_beneath(store.generations_dir, f"{gen.name}/{MANIFEST}")
+    except Missing:
+        raise GenerationInvalidError(
+            gen.name, "no manifest (the dump did not finish, or it was removed)"
+        ) from None
+    except BadInput as exc:
+        raise GenerationInvalidError(gen.name, exc.problem) from None
+    try:
+        data = read_fd(fd, gen.path / MANIFEST, LIST_LIMIT)
+    except BadInput as exc:
+        raise GenerationInvalidError(gen.name, f"manifest.json {exc.problem}") from None
+    finally:
+        os.close(fd)
+    return manifest_format.parse(
+        data,
+        name=gen.name,
+        container=store.container,
+        store_id=store.store_id,
+        trust=store.trust,
+    )
+
+
+def check(store: Store, gen: Generation) -> Manifest:
+    """The manifest, once the generation holds exactly the files it lists, each a regular
+    file (no symlink anywhere) of the listed size. Cheap: no file is read but the
+    manifest. `verify` then checks contents."""
+    manifest = read_manifest(store, gen)
+    present: dict[str, os.stat_result] = {}
+    for rel, st in walk_files(gen.path):
+        if rel in manifest_format.UNCHECKED:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise GenerationInvalidError(gen.name, f"{rel} is a symbolic link")
+        present[rel] = st
+    for rel, entry in sorted(manifest.files.items()):
+        if rel not in present:
+            raise GenerationInvalidError(gen.name, f"{rel} is missing")
+        st = present.pop(rel)
+        if not stat.S_ISREG(st.st_mode):
+            raise GenerationInvalidError(gen.name, f"{rel} is not a regular file")
+        if st.st_size != entry.size:
+            raise GenerationInvalidError(
+                gen.name,
+                f"{rel} is truncated or grown: {st.st_size} bytes, manifest says {entry.size}",
+            )
+    if present:
+        extra = ", ".join(sorted(present)[:5])
+        raise GenerationInvalidError(gen.name, f"files the manifest does not list: {extra}")
+    return manifest
+
+
+def verify_contents(store: Store, gen: Generation, manifest: Manifest, only: str = "") -> None:
+    """Every listed file (under `only`, a path prefix, when given) has its digest."""
+    for rel, entry in sorted(manifest.files.items()):
+        if not rel.startswith(only):
+            continue
+        try:
+            fd = open_beneath(gen.path, rel)
+        except BadInput as exc:
+            raise GenerationInvalidError(gen.name, f"{rel} {exc.problem}") from None
+        try:
+            size, digest = hash_fd(fd, algorithm=entry.algorithm)
+        except OSError as exc:
+            raise GenerationInvalidError(gen.name, f"{rel} unreadable: {exc}") from None
+        finally:
+            os.close(fd)
+        if size != entry.size:
+            raise GenerationInvalidError(
+                gen.name,
+                f"{rel} is truncated or grown: {size} bytes, manifest says {entry.size}",
+            )
+        if not hmac.compare_digest(digest, entry.digest):
+            raise GenerationInvalidError(
+                gen.name, f"{rel} is corrupted ({entry.algorithm} mismatch)"
+            )
+
+
+def verify(store: Store, gen: Generation) -> Manifest:
+    """The manifest, once every file it lists has its size and digest."""
+    manifest = check(store, gen)
+    verify_contents(store, gen, manifest)
+    return manifest
