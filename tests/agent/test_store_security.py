@@ -12,17 +12,23 @@ from pathlib import Path
 
 import pytest
 from agent_harness import AgentHarness, counts, phases, stop_and_wait, wait_count
+from test_environment import RUNTIME_DEFAULT
 
+from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
 from podckpt.agent.exitcodes import AGENT_FAILURE, CHECKPOINTED
 from podckpt.agent.manifest import Trust
 from podckpt.agent.store import Store
 from podckpt.api import contract
-from podckpt.devtools.sandbox import wait_for
+from podckpt.devtools.sandbox import Bind, wait_for
 
 pytestmark = pytest.mark.criu
 
 COUNTER = ["python3", "/apps/counter.py"]
 KEY_IN_SANDBOX = "/etc/podinfo/store-key"
+KEY_IN_BUNDLE = f"/.podckpt-test/{contract.STORE_KEY_IN_BUNDLE}"
+#: The agent with the pod's fsGroup (2000) among its supplementary groups, as the runtime
+#: gives it; the agent hands its groups on to the application.
+FS_GROUP_AGENT = ("setpriv", "--groups", "2000", "python3", "-m", "podckpt.agent")
 
 
 def _keyed(agent: AgentHarness, key: bytes) -> dict[str, str]:
@@ -189,4 +195,65 @@ def test_setuid_file_planted_on_the_volume_is_refused(agent: AgentHarness) -> No
     assert "setuid/setgid file /usr/local/bin/rootshell" in failed["error"]
     assert phases(second, "restore", "ok")[0]["generation"] == good
     assert second.exec(["test", "-e", "/usr/local/bin/rootshell"]).returncode == 1
+    second.destroy()
+
+
+def test_a_non_root_application_cannot_read_the_store_key_or_the_store(
+    agent: AgentHarness, tmp_path: Path
+) -> None:
+    """The key where the bundle init container puts it (a 0400 file in a 0700 directory,
+    root's, `install --key`), group-owned by the pod's fsGroup as the kubelet would make it:
+    the agent signs and verifies with it, the application (runAsUser 1000, fsGroup 2000 among
+    its groups) can read neither the key nor the store."""
+    bundle = tmp_path / "bundle"
+    keydir = bundle / contract.STORE_KEY_IN_BUNDLE.rsplit("/", 1)[0]
+    keydir.mkdir(parents=True)
+    key = bundle / contract.STORE_KEY_IN_BUNDLE
+    key.write_bytes(b"namespace-key-" * 3)
+    os.chown(keydir, 0, 2000)
+    os.chown(key, 0, 2000)
+    keydir.chmod(0o700)
+    key.chmod(0o400)
+    probe = (
+        "import os, time\n"
+        "def tryread(path):\n"
+        "    try:\n"
+        "        open(path, 'rb').read(); return 'READ'\n"
+        "    except PermissionError:\n"
+        "        return 'DENIED'\n"
+        "n = 0\n"
+        "while True:\n"
+        "    n += 1\n"
+        f"    print(f'probe key={{tryread({KEY_IN_BUNDLE!r})}}'\n"
+        "          f' store={tryread(\"/store/app/store.json\")}'\n"
+        "          f' groups={os.getgroups()} uid={os.getuid()}', flush=True)\n"
+        "    print(f'count {n}', flush=True)\n"
+        "    time.sleep(0.05)\n"
+    )
+    env = {
+        contract.Env.STORE_KEY: KEY_IN_BUNDLE,
+        "PODCKPT_APP_UID": "1000",
+        "PODCKPT_APP_GID": "1000",
+    }
+    caps = sorted({*RUNTIME_DEFAULT, *REQUIRED_CAPABILITIES})
+    first = agent.start(
+        ["python3", "-c", probe],
+        env=env,
+        capabilities=caps,
+        binds=[Bind(bundle, "/.podckpt-test", True)],
+        entry=FS_GROUP_AGENT,
+    )
+    wait_count(first, 3)
+    line = first.stdout_text().splitlines()[0]
+    assert line == "probe key=DENIED store=DENIED groups=[2000] uid=1000", line
+    assert stop_and_wait(first) == CHECKPOINTED
+    second = agent.start(
+        ["python3", "-c", probe],
+        env=env,
+        capabilities=caps,
+        binds=[Bind(bundle, "/.podckpt-test", True)],
+        entry=FS_GROUP_AGENT,
+    )
+    wait_count(second, 3)
+    assert phases(second, "restore", "ok")[0]["authenticated"] is True
     second.destroy()

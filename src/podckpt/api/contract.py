@@ -10,7 +10,9 @@ What crosses the boundary, and why each item exists:
 - **Mounts** (fixed paths, because the bundle's launcher and the agent's defaults are built
   for them): the bundle (read-only emptyDir filled by the init container), the pod's labels
   and annotations (downward API, re-read at SIGTERM so that live label changes count), the
-  checkpoint store (the identity's PVC, or the user's `checkpoint-storage-volume`).
+  checkpoint store (the identity's PVC, or the user's `checkpoint-storage-volume`). The
+  namespace's store key is not a mount of the checkpointed container: the bundle init
+  container copies it into the bundle (`STORE_KEY_FILE`).
 - **Command line** (`RunCommand`): where the store is, the container's name, the downward-API
   files, then `--` and the application's original argv. The webhook builds it with
   `RunCommand.container_command()`; the agent parses it with `add_run_options()`.
