@@ -8,7 +8,7 @@ from test_environment import RUNTIME_DEFAULT
 
 from podckpt.agent import exitcodes
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
-from podckpt.agent.exitcodes import CHECKPOINTED
+from podckpt.agent.exitcodes import CHECKPOINT_FAILED, CHECKPOINTED
 from podckpt.devtools.sandbox import wait_for
 
 pytestmark = pytest.mark.criu
@@ -75,7 +75,8 @@ def test_irmap_scan_paths_let_an_inotify_watch_survive(agent: AgentHarness) -> N
     # and the application still gets its SIGTERM.
     plain = agent.start(argv, capabilities=caps)
     assert wait_for(lambda: "watching" in plain.stdout_text(), 20)
-    assert stop_and_wait(plain) == 128 + 15
+    assert stop_and_wait(plain) == CHECKPOINT_FAILED
+    assert phases(plain, "exit", "not-checkpointed")[0]["app_code"] == 128 + 15
     assert "fsnotify" in phases(plain, "dump", "failed")[0]["error"]
 
     keys = {"memverge.ai/irmap-scan-paths": "/srv"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from agent_harness import AgentHarness, counts, phases, stop_and_wait, wait_count
 
-from podckpt.agent.exitcodes import CHECKPOINTED
+from podckpt.agent.exitcodes import CHECKPOINT_FAILED, CHECKPOINTED
 from podckpt.agent.store import Store
 from podckpt.devtools.sandbox import wait_for
 
@@ -117,8 +117,11 @@ def test_store_full_or_not_writable(agent: AgentHarness, problem: str) -> None:
         else:
             subprocess.run(["mount", "-o", "remount,ro", str(agent.store_dir)], check=True)
 
-        # The dump fails: the application still gets its SIGTERM and exits by itself.
-        assert stop_and_wait(first) == 0
+        # The dump fails: the application still gets its SIGTERM and exits by itself, and the
+        # agent's exit code says that it stopped without a checkpoint (never 0: a Job must
+        # not count it as completed).
+        assert stop_and_wait(first) == CHECKPOINT_FAILED
+        assert phases(first, "exit", "not-checkpointed")[0]["app_code"] == 0
         assert "exiting 0: SIGTERM" in first.stdout_text()
         failed = phases(first, "dump", "failed")
         assert failed

@@ -9,7 +9,7 @@ from agent_harness import AgentHarness, phases, stop_and_wait
 from test_environment import RUNTIME_DEFAULT
 
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
-from podckpt.agent.exitcodes import CHECKPOINTED
+from podckpt.agent.exitcodes import CHECKPOINT_FAILED, CHECKPOINTED
 from podckpt.devtools.sandbox import Sandbox, wait_for
 
 pytestmark = pytest.mark.criu
@@ -53,8 +53,10 @@ def test_application_running_as_another_user_is_checkpointed_and_restored(
 def test_tree_of_several_users_is_refused_in_one_line(agent: AgentHarness) -> None:
     box = agent.start(["python3", "/apps/mixed_users.py"], capabilities=CAPS)
     assert wait_for(lambda: "ready" in box.stdout_text(), 20), box.stderr_text()
-    # The dump is refused; the application gets its SIGTERM and exits by itself (code 0).
-    assert stop_and_wait(box) == 0
+    # The dump is refused; the application gets its SIGTERM and exits by itself (code 0);
+    # the agent says that it stopped without a checkpoint.
+    assert stop_and_wait(box) == CHECKPOINT_FAILED
+    assert phases(box, "exit", "not-checkpointed")[0]["app_code"] == 0
     failed = phases(box, "dump", "failed")
     assert failed, box.stderr_text()[-2000:]
     assert "different users (uids 0, 1000)" in failed[0]["error"]

@@ -129,7 +129,8 @@ class Supervisor:
         self.started_at = started_at
         self.root: int | None = None
         self.exit_code: int | None = None
-        #: The last SIGTERM's dump failed: the previous generation stays restorable.
+        #: The last SIGTERM's dump failed: the previous generation stays restorable, and the
+        #: agent exits CHECKPOINT_FAILED once the application has stopped.
         self.keep_generations = False
         self.checkpointed = False
         self._wake_r, self._wake_w = os.pipe()
@@ -359,9 +360,15 @@ class Supervisor:
             self.exit_code = exitcodes.CHECKPOINTED
             log.emit("exit", "checkpointed", code=self.exit_code)
             return
+        if self.keep_generations:
+            # SIGTERM and no checkpoint: neither a completion (a Job must not count it) nor
+            # the application's own failure; its code goes with the line.
+            self.exit_code = exitcodes.CHECKPOINT_FAILED
+            log.emit("exit", "not-checkpointed", code=self.exit_code, app_code=code)
+            return
         self.exit_code = code
         completed = False
-        if self.ctx is not None and not self.keep_generations:
+        if self.ctx is not None:
             try:
                 self.ctx.store.mark_completed(diagnosis=self.settings.diagnosis)
                 completed = True

@@ -7,6 +7,7 @@ import json
 
 from cryptography import x509
 
+from podckpt.api.contract import ExitCode
 from podckpt.operator import certs
 from podckpt.operator.controller import events
 from podckpt.operator.controller.orphans import orphans
@@ -16,26 +17,22 @@ def _line(**fields: object) -> str:
     return json.dumps({"agent": "podckpt", "ts": "t", **fields})
 
 
-def test_agent_lines_become_events() -> None:
+def test_start_lines_become_events() -> None:
     text = "\n".join(
         [
             "application output",
             _line(phase="restore", outcome="failed", generation="g2", error="bad size"),
             _line(phase="restore", outcome="ok", generation="g1", duration_s=0.5),
             _line(phase="commit", outcome="ok", generation="g3", bytes=2**21),
-            _line(phase="dump", outcome="failed", error="criu said no"),
+            _line(phase="dump", outcome="failed", reason="periodic", error="criu said no"),
             _line(phase="cleanup", outcome="ok"),
             "{not json",
         ]
     )
-    got = [(e.type, e.reason) for e in events.events_from("app", text)]
-    assert got == [
-        ("Warning", "RestoreFailed"),
-        ("Normal", "Restored"),
-        ("Normal", "CheckpointCommitted"),
-        ("Warning", "CheckpointFailed"),
-    ]
-    restored = events.events_from("app", text)[1]
+    got = [(e.type, e.reason, e.detail) for e in events.start_events("app", text)]
+    # checkpoints are facts of the container's end, not of its start
+    assert got == [("Warning", "RestoreFailed", "g2"), ("Normal", "Restored", "g1")]
+    restored = events.start_events("app", text)[1]
     assert restored.message == "container app: restored from generation g1 in 0.50 s"
 
 
@@ -49,14 +46,14 @@ def test_store_problems_the_agent_reports_are_warnings() -> None:
             _line(phase="cleanup", outcome="ok", removed=["g3"], why="did not finish"),
         ]
     )
-    got = [(e.type, e.reason) for e in events.events_from("app", text)]
+    got = [(e.type, e.reason) for e in events.start_events("app", text)]
     assert got == [
         ("Warning", "CheckpointStoreUnusable"),
         ("Warning", "CheckpointStoreDamaged"),
         ("Warning", "CheckpointDamaged"),
         ("Warning", "RestoreRefused"),
     ]
-    messages = [e.message for e in events.events_from("app", text)]
+    messages = [e.message for e in events.start_events("app", text)]
     assert "unknown layout 2" in messages[0]
     assert "g1" in messages[2]
     assert "manifest is gone" in messages[2]
@@ -64,26 +61,67 @@ def test_store_problems_the_agent_reports_are_warnings() -> None:
 
 def test_fresh_start_after_failed_restore_is_a_warning() -> None:
     text = _line(phase="restore", outcome="fallback-fresh", why="no generation could be restored")
-    (event,) = events.events_from("app", text)
+    (event,) = events.start_events("app", text)
     assert (event.type, event.reason) == ("Warning", "StartedFresh")
 
 
-def test_termination_messages_of_checkpointed_containers_only() -> None:
+def test_fresh_start_by_rule_names_its_cause() -> None:
+    text = _line(phase="restore", outcome="skipped", cause="SamePod", why="restarted in its pod")
+    (event,) = events.start_events("app", text)
+    assert (event.type, event.reason) == ("Normal", "StartedFresh")
+    assert event.message == "container app: started fresh (SamePod: restarted in its pod)"
+
+
+def test_exit_code_says_how_a_container_ended() -> None:
+    restored = _line(phase="restore", outcome="ok", generation="g1")
+    periodic = _line(phase="dump", outcome="ok", reason="periodic", generation="g2")
+    periodic_commit = _line(phase="commit", outcome="ok", generation="g2", bytes=1)
+    final = _line(phase="dump", outcome="ok", reason="sigterm", generation="g3")
+    final_commit = _line(phase="commit", outcome="ok", generation="g3", bytes=2**21)
+    message = "\n".join([restored, periodic, periodic_commit, final, final_commit])
+    (event,) = events.exit_events("app", ExitCode.CHECKPOINTED, message)
+    assert (event.reason, event.detail) == ("CheckpointCommitted", "g3")
+    assert event.message == "container app: checkpoint generation g3, 2.0 MiB"
+
+    failed = "\n".join(
+        [
+            _line(phase="dump", outcome="failed", reason="sigterm", error="io_uring"),
+            _line(phase="exit", outcome="not-checkpointed", code=203, app_code=0),
+        ]
+    )
+    (event,) = events.exit_events("app", ExitCode.CHECKPOINT_FAILED, failed)
+    assert (event.type, event.reason) == ("Warning", "CheckpointFailed")
+    assert "io_uring" in event.message
+    assert "exited with 0" in event.message
+
+    agent = _line(phase="start", outcome="failed", error="store belongs to 'web'")
+    (event,) = events.exit_events("app", ExitCode.AGENT_FAILURE, agent)
+    assert (event.reason, event.message) == ("AgentFailed", "container app: store belongs to 'web'")
+
+    # the application's own exit (or a death by signal) is no fact of ours
+    assert events.exit_events("app", 0, restored) == []
+    assert events.exit_events("app", 143, final) == []
+
+
+def test_terminated_instances_of_checkpointed_containers_only() -> None:
     status = {
         "containerStatuses": [
-            {"name": "app", "state": {"terminated": {"message": "m1", "containerID": "c1"}}},
+            {
+                "name": "app",
+                "state": {"terminated": {"message": "m1", "containerID": "c1", "exitCode": 202}},
+            },
             {"name": "proxy", "state": {"terminated": {"message": "m2", "containerID": "c2"}}},
             {
                 "name": "app2",
-                "lastState": {"terminated": {"message": "m3", "containerID": "c3"}},
+                "lastState": {"terminated": {"message": "m3", "containerID": "c3", "exitCode": 1}},
                 "state": {"running": {"startedAt": "t"}},
                 "containerID": "c4",
             },
         ]
     }
-    assert list(events.terminated_messages(status, ["app", "app2"])) == [
-        ("app", "c1", "m1"),
-        ("app2", "c3", "m3"),
+    assert list(events.terminated_containers(status, ["app", "app2"])) == [
+        events.Terminated("app", "c1", 202, "m1"),
+        events.Terminated("app2", "c3", 1, "m3"),
     ]
     assert list(events.started_containers(status, ["app2"])) == [("app2", "c4")]
 

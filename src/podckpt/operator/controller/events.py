@@ -1,9 +1,18 @@
-"""From the agent's JSON lines to Kubernetes Events (pure).
+"""From the agent's JSON lines and exit codes to Kubernetes Events (pure).
 
 The agent writes one JSON line per phase to stderr (`{"agent": "podckpt", "phase": ...,
-"outcome": ...}`), and its last lines to the container's termination message on exit. The
-controller reads the termination message of a terminated container (checkpoint results; the
-pod may vanish right after) and the head of a started container's log (restore results).
+"outcome": ...}`), its last lines to the container's termination message on exit, and exits
+with a code of its own (`contract.ExitCode`) when it checkpointed, failed to, or failed itself.
+
+Each fact has one source, so that it is announced once:
+
+- **how a container started** (restored, restore failed or refused, started fresh and why,
+  the store found damaged or unusable): the head of the started container's log
+  (`start_events`). A container that ended before its log head
+  was read gets them from its termination message instead (the handler decides);
+- **how a container ended** (checkpoint committed, checkpoint failed, agent failed): its
+  termination, i.e. the exit code and the termination message (`exit_events`). The pod may
+  vanish right after its containers exit, and its log with it; its status outlives both.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from podckpt.api.contract import ExitCode
+
 NORMAL = "Normal"
 WARNING = "Warning"
 
@@ -21,6 +32,19 @@ WARNING = "Warning"
 class PodEvent:
     type: str
     reason: str
+    message: str
+    #: What makes this fact distinct from another of the same reason in the same container
+    #: instance (a generation), for the Event's deterministic name.
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Terminated:
+    """One ended instance of a checkpointed container."""
+
+    container: str
+    instance: str
+    exit_code: int | None
     message: str
 
 
@@ -43,10 +67,16 @@ def _seconds(record: dict[str, Any]) -> str:
     return f" in {duration:.2f} s" if isinstance(duration, int | float) else ""
 
 
-def to_event(container: str, record: dict[str, Any]) -> PodEvent | None:
-    """The Event a user wants to see for one agent record, if any."""
+def _fresh_text(record: dict[str, Any]) -> str:
+    cause = record.get("cause")
+    why = record.get("why", "no checkpoint")
+    return f"{cause}: {why}" if cause else str(why)
+
+
+def start_event(container: str, record: dict[str, Any]) -> PodEvent | None:
+    """The Event of one start-phase record (restore or fresh start), if any."""
     phase, outcome = record.get("phase"), record.get("outcome")
-    generation = record.get("generation", "?")
+    generation = str(record.get("generation", "?"))
     error = record.get("error", "")
     match phase, outcome:
         case "restore", "ok":
@@ -54,12 +84,15 @@ def to_event(container: str, record: dict[str, Any]) -> PodEvent | None:
                 NORMAL,
                 "Restored",
                 f"container {container}: restored from generation {generation}{_seconds(record)}",
+                generation,
             )
         case "restore", "failed":
             return PodEvent(
                 WARNING,
                 "RestoreFailed",
-                f"container {container}: generation {generation} could not be restored: {error}",
+                f"container {container}: generation {generation} could not be restored:"
+                f" {record.get('error', '')}",
+                generation,
             )
         case "restore", "fallback-fresh":
             return PodEvent(
@@ -72,31 +105,15 @@ def to_event(container: str, record: dict[str, Any]) -> PodEvent | None:
             return PodEvent(
                 NORMAL,
                 "StartedFresh",
-                f"container {container}: started fresh ({record.get('why', 'no checkpoint')})",
+                f"container {container}: started fresh ({_fresh_text(record)})",
             )
-        case "commit", "ok":
-            size = record.get("bytes")
-            size_text = f", {size / 2**20:.1f} MiB" if isinstance(size, int | float) else ""
-            return PodEvent(
-                NORMAL,
-                "CheckpointCommitted",
-                f"container {container}: checkpoint generation {generation}{size_text}"
-                f"{_seconds(record)}",
-            )
-        case "dump", "failed":
-            return PodEvent(
-                WARNING,
-                "CheckpointFailed",
-                f"container {container}: checkpoint failed: {error}",
-            )
-        case "start", "failed":
-            return PodEvent(WARNING, "AgentFailed", f"container {container}: {error}")
         case "restore", "refused":
             return PodEvent(
                 WARNING,
                 "RestoreRefused",
                 f"container {container}: generation {generation} not restored:"
                 f" {record.get('why', '')}",
+                generation,
             )
         case "store", "unusable":
             return PodEvent(
@@ -107,13 +124,89 @@ def to_event(container: str, record: dict[str, Any]) -> PodEvent | None:
         case "store", "repaired" | "damaged":
             return PodEvent(WARNING, "CheckpointStoreDamaged", f"container {container}: {error}")
         case "cleanup", "damaged":
+            removed = ", ".join(map(str, record.get("removed") or ()))
             return PodEvent(
                 WARNING,
                 "CheckpointDamaged",
-                f"container {container}: removed generation(s)"
-                f" {', '.join(map(str, record.get('removed') or ()))}: {record.get('why', '')}",
+                f"container {container}: removed generation(s) {removed}: {record.get('why', '')}",
+                removed,
             )
     return None
+
+
+def start_events(container: str, text: str) -> list[PodEvent]:
+    return [e for e in (start_event(container, r) for r in agent_lines(text)) if e is not None]
+
+
+def _commit_message(container: str, commit: dict[str, Any] | None, generation: str) -> str:
+    if commit is None:
+        return f"container {container}: checkpoint generation {generation} committed"
+    size = commit.get("bytes")
+    size_text = f", {size / 2**20:.1f} MiB" if isinstance(size, int | float) else ""
+    return f"container {container}: checkpoint generation {generation}{size_text}{_seconds(commit)}"
+
+
+def exit_events(container: str, exit_code: int | None, message: str) -> list[PodEvent]:
+    """The Events of how a container instance ended: its exit code says what happened, its
+    termination message (the agent's last lines) the details. Periodic and requested
+    checkpoints earlier in the message are not announced again at the exit."""
+    records = list(agent_lines(message))
+    sigterm_dumps = [
+        r for r in records if r.get("phase") == "dump" and r.get("reason") == "sigterm"
+    ]
+    if exit_code == ExitCode.CHECKPOINTED:
+        dumped: dict[str, Any] = next(
+            (r for r in reversed(sigterm_dumps) if r.get("outcome") == "ok"), {}
+        )
+        generation = str(dumped.get("generation", "?"))
+        commit = next(
+            (
+                r
+                for r in records
+                if r.get("phase") == "commit" and r.get("outcome") == "ok"
+                and r.get("generation") == generation
+            ),
+            None,
+        )  # fmt: skip
+        return [
+            PodEvent(
+                NORMAL,
+                "CheckpointCommitted",
+                _commit_message(container, commit, generation),
+                generation,
+            )
+        ]
+    if exit_code == ExitCode.CHECKPOINT_FAILED:
+        failed: dict[str, Any] = next(
+            (r for r in reversed(sigterm_dumps) if r.get("outcome") == "failed"), {}
+        )
+        exited = next((r for r in records if r.get("phase") == "exit"), {})
+        app_code = exited.get("app_code")
+        then = (
+            f"; the application got the SIGTERM and exited with {app_code}"
+            if app_code is not None
+            else ""
+        )
+        return [
+            PodEvent(
+                WARNING,
+                "CheckpointFailed",
+                f"container {container}: checkpoint failed: {failed.get('error', 'unknown error')}"
+                f"{then}; a replacement restores the previous checkpoint, if any",
+            )
+        ]
+    if exit_code in (ExitCode.AGENT_FAILURE, ExitCode.RESTORE_FAILURE):
+        failed = next(
+            (r for r in records if r.get("phase") == "start" and r.get("outcome") == "failed"), {}
+        )
+        return [
+            PodEvent(
+                WARNING,
+                "AgentFailed",
+                f"container {container}: {failed.get('error') or ExitCode(exit_code).meaning}",
+            )
+        ]
+    return []
 
 
 def start_decided(text: str) -> bool:
@@ -128,24 +221,26 @@ def start_decided(text: str) -> bool:
     return False
 
 
-def events_from(container: str, text: str) -> list[PodEvent]:
-    return [e for e in (to_event(container, r) for r in agent_lines(text)) if e is not None]
-
-
-def terminated_messages(
+def terminated_containers(
     status: dict[str, Any], containers: Iterable[str]
-) -> Iterator[tuple[str, str, str]]:
-    """(container, instance id, message) of each terminated checkpointed container."""
+) -> Iterator[Terminated]:
+    """Each terminated instance of a checkpointed container (current and last state)."""
     wanted = set(containers)
     for entry in status.get("containerStatuses") or ():
         if entry.get("name") not in wanted:
             continue
         for which in ("state", "lastState"):
-            terminated = (entry.get(which) or {}).get("terminated") or {}
-            message = terminated.get("message")
-            if message:
-                instance = terminated.get("containerID") or str(terminated.get("finishedAt"))
-                yield entry["name"], instance, message
+            terminated = (entry.get(which) or {}).get("terminated")
+            if not terminated:
+                continue
+            instance = terminated.get("containerID") or str(terminated.get("finishedAt"))
+            code = terminated.get("exitCode")
+            yield Terminated(
+                entry["name"],
+                instance,
+                code if isinstance(code, int) else None,
+                terminated.get("message") or "",
+            )
 
 
 def started_containers(

@@ -14,7 +14,13 @@ import kopf
 
 from podckpt.api import InvalidValueError, Key, parse_settings, qualified
 from podckpt.operator.domain.identity import Identity, Owner, controller_owner
-from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
+from podckpt.operator.kube.api import (
+    ApiError,
+    KubeAPI,
+    event_manifest,
+    namespaced,
+    post_event_once,
+)
 from podckpt.operator.settings import OperatorSettings
 
 from . import events, storekey, volumes
@@ -80,6 +86,38 @@ async def _with_retries(what: str, fn: Any) -> Any:
     return None  # pragma: no cover
 
 
+COMPONENT = "podckpt-controller"
+
+
+async def announce(
+    state: ControllerState, body: kopf.Body, event: events.PodEvent, fact: str
+) -> None:
+    """Post one Event about a pod, named after the fact so that it is posted once, whichever
+    controller instance (or restart) sees the fact. Never raises: an Event is information."""
+    if state.api is None:
+        return
+    api = state.api
+    meta = body.metadata
+    manifest = event_manifest(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
+        },
+        type=event.type,
+        reason=event.reason,
+        message=event.message,
+        component=COMPONENT,
+        fact=f"{fact}/{event.reason}/{event.detail}",
+    )
+    try:
+        await _with_retries(f"post {event.reason}", lambda: post_event_once(api, manifest))
+    except ApiError as exc:
+        logger.warning(
+            "could not post %s on %s/%s: %s", event.reason, meta.namespace, meta.name, exc
+        )
+
+
 async def _owner(api: KubeAPI, pod: Mapping[str, Any], namespace: str) -> Owner | None:
     owner = controller_owner(pod)
     if owner is None:
@@ -123,7 +161,12 @@ async def ensure_claim(
             namespace_annotations=namespace_annotations,
         )
     except InvalidValueError as exc:  # the webhook admitted it: keys changed since
-        kopf.warn(body, reason="InvalidSettings", message=str(exc))
+        await announce(
+            state,
+            body,
+            events.PodEvent(events.WARNING, "InvalidSettings", str(exc)),
+            body.metadata.uid or "",
+        )
         return
     names = set(annotations.get(op.annotation("containers"), "").split(","))
     containers = [c for c in body.spec.get("containers") or () if c.get("name") in names]
@@ -149,12 +192,17 @@ async def ensure_claim(
         storage = manifest["spec"]["resources"]["requests"]["storage"]
         klass = settings.storage_class or "the default class"
         owner_text = f"{owner.kind} {owner.name}" if owner else "nothing"
-        kopf.event(
+        await announce(
+            state,
             body,
-            type=events.NORMAL,
-            reason="VolumeProvisioned",
-            message=f"checkpoint volume {claim}: {storage} ({size.reason}), {klass},"
-            f" owned by {owner_text}",
+            events.PodEvent(
+                events.NORMAL,
+                "VolumeProvisioned",
+                f"checkpoint volume {claim}: {storage} ({size.reason}), {klass},"
+                f" owned by {owner_text}",
+                claim,
+            ),
+            body.metadata.uid or "",
         )
         logger.info("created PVC %s/%s (%s)", namespace, claim, storage)
     state.claims.add((namespace, claim))
@@ -194,19 +242,27 @@ LOG_HEAD_RETRY_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
 
 async def _report_agent(state: ControllerState, body: kopf.Body) -> None:
-    """Events from the agent: termination messages (checkpoints) and log heads (restores)."""
+    """Events from the agent: how each container instance ended (exit code and termination
+    message) and how it started (the head of its log). See `events` for which fact comes
+    from where; each is announced once."""
     op = state.op
     uid = body.metadata.uid or ""
     containers = body.metadata.annotations.get(op.annotation("containers"), "").split(",")
     status = dict(body.status)
-    for container, instance, message in events.terminated_messages(status, containers):
-        if state.seen.add((uid, container, instance, "terminated")):
-            for event in events.events_from(container, message):
-                kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    for ended in events.terminated_containers(status, containers):
+        instance = (uid, ended.container, ended.instance)
+        if not state.seen.add((*instance, "terminated")):
+            continue
+        found = events.exit_events(ended.container, ended.exit_code, ended.message)
+        if state.seen.add((*instance, "started")):
+            # It ended before its log head was read: how it started is in the message too.
+            found = events.start_events(ended.container, ended.message) + found
+        for event in found:
+            await announce(state, body, event, "/".join(instance))
     if state.api is None:
         return
-    for container, instance in events.started_containers(status, containers):
-        if not state.seen.add((uid, container, instance, "started")):
+    for container, instance_id in events.started_containers(status, containers):
+        if not state.seen.add((uid, container, instance_id, "started")):
             continue
         path = namespaced("pods", body.metadata.namespace or "", body.metadata.name) + "/log"
         text = ""
@@ -222,9 +278,8 @@ async def _report_agent(state: ControllerState, body: kopf.Body) -> None:
         except ApiError as exc:
             logger.info("no log of %s/%s: %s", body.metadata.name, container, exc)
             continue
-        for event in events.events_from(container, text):
-            if event.reason != "CheckpointCommitted":  # those come with the exit
-                kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        for event in events.start_events(container, text):
+            await announce(state, body, event, f"{uid}/{container}/{instance_id}")
 
 
 async def injected_pod(
@@ -249,14 +304,14 @@ async def injected_pod(
     if kind == "ADDED" and state.seen.add((uid, "injected")):
         op = state.op
         annotations = body.metadata.annotations
-        kopf.event(
-            body,
-            type=events.NORMAL,
-            reason="Injected",
-            message=f"podckpt agent in container(s) {annotations.get(op.annotation('containers'))}"
+        injected = events.PodEvent(
+            events.NORMAL,
+            "Injected",
+            f"podckpt agent in container(s) {annotations.get(op.annotation('containers'))}"
             f" ({annotations.get(op.annotation('mode'))}), identity"
             f" {annotations.get(op.annotation('identity'))}",
         )
+        await announce(state, body, injected, uid)
     await _report_agent(state, body)
     if kind == "DELETED":
         state.seen.discard_prefix(uid)
@@ -267,14 +322,14 @@ async def uninjected_pod(*, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     state: ControllerState = memo["podckpt"]
     if not state.seen.add((body.metadata.uid or "", "not-injected")):
         return
-    kopf.event(
-        body,
-        type=events.WARNING,
-        reason="NotInjected",
-        message=f"{qualified(Key.CHECKPOINT_MODE)} is set, but this pod was created without the"
+    warning = events.PodEvent(
+        events.WARNING,
+        "NotInjected",
+        f"{qualified(Key.CHECKPOINT_MODE)} is set, but this pod was created without the"
         " podckpt agent and cannot be checkpointed. Put the label on the pod template (or enable"
         f" {qualified('checkpoint-injection')}=enabled on the namespace) and recreate the pod",
     )
+    await announce(state, body, warning, body.metadata.uid or "")
 
 
 def register(registry: kopf.OperatorRegistry, op: OperatorSettings) -> None:

@@ -8,6 +8,7 @@ handler), so both clients act as the same service account with the same RBAC.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -112,19 +113,33 @@ def namespaced(kind_path: str, namespace: str, name: str | None = None) -> str:
     return f"{path}/{quote(name)}" if name else path
 
 
+def event_name(obj_name: str, fact: str) -> str:
+    """A deterministic Event name for one fact about an object: posting it twice (a second
+    replica, a restart that sees the object again) is refused by the API server as a
+    conflict instead of showing the user the same fact twice."""
+    digest = hashlib.sha256(fact.encode()).hexdigest()[:16]
+    return f"{obj_name[:200]}.{digest}"
+
+
 def event_manifest(
-    obj: Mapping[str, Any], *, type: str, reason: str, message: str, component: str
+    obj: Mapping[str, Any],
+    *,
+    type: str,
+    reason: str,
+    message: str,
+    component: str,
+    fact: str | None = None,
 ) -> dict[str, Any]:
-    """A core/v1 Event about `obj` (for posts outside kopf's handler context)."""
+    """A core/v1 Event about `obj` (for posts outside kopf's handler context). With `fact`
+    the Event has a deterministic name (`event_name`), so that the fact is posted once."""
     meta = obj.get("metadata") or {}
     now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    name = meta.get("name", "object")
+    naming = {"name": event_name(name, fact)} if fact is not None else {"generateName": f"{name}."}
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {
-            "generateName": f"{meta.get('name', 'object')}.",
-            "namespace": meta.get("namespace"),
-        },
+        "metadata": {**naming, "namespace": meta.get("namespace")},
         "involvedObject": {
             "apiVersion": obj.get("apiVersion", "v1"),
             "kind": obj.get("kind", ""),
@@ -142,3 +157,16 @@ def event_manifest(
         "lastTimestamp": now,
         "count": 1,
     }
+
+
+async def post_event_once(api: KubeAPI, event: Mapping[str, Any]) -> bool:
+    """Post an Event with a deterministic name; False when it exists already (posted by
+    another replica or before a restart)."""
+    namespace = event["metadata"]["namespace"]
+    try:
+        await api.post(namespaced("events", namespace), event)
+    except ApiError as exc:
+        if exc.conflict:
+            return False
+        raise
+    return True
