@@ -208,6 +208,7 @@ def dump(
                     "stdio": stdio,
                     "lineage_start": ctx.lineage_start,
                     "workload": ctx.workload,
+                    "origin": ctx.origin,
                     "saved_files": [e["path"] for e in saved if e["kind"] != "dir"],
                     # The only setuid/setgid files a restore will create (files.load_entries).
                     "setid_files": [e["path"] for e in saved if files.setid(e)],

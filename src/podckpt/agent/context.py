@@ -24,6 +24,10 @@ class Context:
     #: generation dumped from something else is never restored into it (a rolling update
     #: must not resume the old program over the new image's files).
     workload: dict[str, object] = dataclasses.field(default_factory=dict)
+    #: Where this container runs (pod uid, the node's boot id): a generation made by this same
+    #: pod in this same boot is never restored (the container was restarted inside its pod:
+    #: liveness probe, OOM kill, crash).
+    origin: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Where the restored tree's stdin/stdout/stderr come from (the agent's own, normally).
     stdio_fds: tuple[int, int, int] = (0, 1, 2)
 

@@ -101,6 +101,14 @@ class Manifest:
         return dict(value) if isinstance(value, dict) else None
 
     @property
+    def origin(self) -> dict[str, str]:
+        """Where it was made: `pod_uid`, `boot_id` (absent in manifests of older agents)."""
+        value = self.body.get("origin")
+        if not isinstance(value, dict):
+            return {}
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+    @property
     def lineage_start(self) -> float | None:
         value = self.body.get("lineage_start")
         return float(value) if isinstance(value, int | float) else None

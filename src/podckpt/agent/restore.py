@@ -1,5 +1,10 @@
 """Restore the newest usable generation, falling back to older ones.
 
+A generation that does not belong in this container is not restored at all, and that is no
+failure (`NotHere`): one made by this very pod (the container was restarted inside its pod by
+a liveness probe, an OOM kill, a crash: the restart is meant to cure it), or by another
+workload revision (a rollout, a changed spec: the new pod runs the new template).
+
 Each candidate is verified (manifest, sizes, checksums), its saved files are put back, and
 `criu restore -d --restore-sibling --leave-stopped` makes the restored root the agent's own
 child. The PID counter is then moved above the application's range (pids.py) and the tree is
@@ -37,6 +42,20 @@ _FD_BASE = 100  # the new stdio is passed to CRIU at fds 100-102, its own stdio 
 
 
 @dataclasses.dataclass(frozen=True)
+class NotHere:
+    """The newest generation does not belong in this container; it starts fresh."""
+
+    #: `SamePod` or `NewRevision` (the controller's `StartedFresh` Event names it).
+    cause: str
+    generation: str
+    why: str
+
+
+SAME_POD = "SamePod"
+NEW_REVISION = "NewRevision"
+
+
+@dataclasses.dataclass(frozen=True)
 class Restored:
     generation: str
     root_pid: int
@@ -70,24 +89,47 @@ def _compatible(ctx: Context, gen: Generation, manifest: Manifest) -> None:
         )
 
 
-def _same_workload(ctx: Context, gen: Generation, manifest: Manifest) -> None:
-    dumped = manifest.workload
-    if dumped is None or not ctx.workload:
-        return  # a manifest from before workloads were recorded
-    for key in ("image", "argv"):
+def not_here(ctx: Context, gen: Generation, manifest: Manifest) -> NotHere | None:
+    """Why `gen` must not be restored into this container, if it must not.
+
+    The same pod in the same node boot: the container was restarted inside its pod. (After
+    a reboot of the node under the pod, the kubelet restarts its containers: that is no cure
+    of the application, and the checkpoint comes back as for a new pod.) Another revision,
+    image or argv: the pod runs a new template. Manifests of older agents lack these fields,
+    and only what both sides know is compared."""
+    made_by = manifest.origin
+    ours = ctx.origin
+    if (
+        ours.get("pod_uid")
+        and made_by.get("pod_uid") == ours["pod_uid"]
+        and made_by.get("boot_id") == ours.get("boot_id")
+    ):
+        return NotHere(
+            SAME_POD,
+            gen.name,
+            f"generation {gen.name} was made by this pod; the container was restarted inside"
+            " it (liveness or startup probe, OOM kill, crash or kill) and starts fresh",
+        )
+    dumped = manifest.workload or {}
+    for key in ("revision", "image", "argv"):
         if key in dumped and key in ctx.workload and dumped[key] != ctx.workload[key]:
-            raise GenerationRefused(
+            return NotHere(
+                NEW_REVISION,
                 gen.name,
-                f"dumped from {key} {dumped[key]!r}, this container runs {ctx.workload[key]!r}",
+                f"generation {gen.name} was made by {key} {dumped[key]!r}, this pod runs"
+                f" {ctx.workload[key]!r}",
             )
+    return None
 
 
-def try_restore(ctx: Context, gen: Generation) -> tuple[int, Manifest, dict[str, Any]]:
-    """Restore one generation; returns the root PID (running), the manifest and what the
-    restore measured."""
-    manifest = ctx.store.check(gen)
+def try_restore(
+    ctx: Context, gen: Generation, manifest: Manifest | None = None
+) -> tuple[int, Manifest, dict[str, Any]]:
+    """Restore one generation (whose `store.check`ed manifest may be given); returns the root
+    PID (running), the manifest and what the restore measured."""
+    if manifest is None:
+        manifest = ctx.store.check(gen)
     _compatible(ctx, gen, manifest)
-    _same_workload(ctx, gen, manifest)
     gpu_plan = _gpu_plan(gen, manifest)  # before the checksums: cheap, and may refuse
     ctx.store.verify_contents(gen, manifest)
     written = files.put_back(gen.path, manifest.setid_files)
@@ -186,8 +228,10 @@ def log_cleanup(removed: list[Removed]) -> None:
         log.emit("cleanup", "damaged" if damaged else "ok", removed=names, why=why)
 
 
-def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
-    """Try every candidate, newest first. None: nothing could be restored."""
+def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | NotHere | None:
+    """Try every candidate, newest first. None: nothing could be restored. NotHere: the
+    newest candidate (or the next after failed ones) does not belong in this container;
+    nothing older is tried (it is the past of the same program)."""
     store = ctx.store
     attempts: list[dict[str, str]] = []
     with store.lock():
@@ -197,7 +241,11 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | None:
         for gen in store.candidates():
             timer = Timer()
             try:
-                root, manifest, measured = try_restore(ctx, gen)
+                checked = store.check(gen)
+                elsewhere = not_here(ctx, gen, checked)
+                if elsewhere is not None:
+                    return elsewhere
+                root, manifest, measured = try_restore(ctx, gen, checked)
             except GenerationRefused as exc:
                 attempts.append({"generation": gen.name, "error": str(exc)})
                 log.emit("restore", "refused", timer.elapsed(), generation=gen.name, why=str(exc))

@@ -8,6 +8,7 @@ podckpt-agent checkpoint [--container NAME]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -137,7 +138,8 @@ def run_command(
             early_floor = pids.early_floor()
         ctx = _prepare_criu(store, settings.mode, key_problem)
         if ctx is not None:
-            ctx.workload = workload_identity(argv)
+            ctx.workload = workload_identity(argv, command.revision)
+            ctx.origin = origin()
     else:
         early_floor = early_floor or pids.early_floor()
         if command.store is None:
@@ -159,13 +161,30 @@ def run_command(
     return supervisor.run()
 
 
-def workload_identity(argv: list[str]) -> dict[str, object]:
-    """The application's argv and, when the webhook hands it over, its container image."""
+def workload_identity(argv: list[str], revision: str | None) -> dict[str, object]:
+    """The application's argv and, when the webhook hands them over, the container's image
+    and the workload revision of its pod."""
     identity: dict[str, object] = {"argv": argv}
     image = os.environ.get(contract.Env.IMAGE)
     if image:
         identity["image"] = image
+    if revision:
+        identity["revision"] = revision
     return identity
+
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def origin() -> dict[str, str]:
+    """The pod (its uid, from the webhook) and the node boot this container runs in."""
+    found: dict[str, str] = {}
+    uid = os.environ.get(contract.Env.POD_UID)
+    if uid:
+        found["pod_uid"] = uid
+    with contextlib.suppress(OSError):
+        found["boot_id"] = Path(BOOT_ID).read_text().strip()
+    return found
 
 
 def open_store(root: Path, container: str, trust: Trust) -> Store | None:

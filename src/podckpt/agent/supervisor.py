@@ -177,19 +177,28 @@ class Supervisor:
             elif policy is RestorePolicy.FRESH:
                 log.emit("restore", "skipped", why="restore-policy is fresh")
             else:
-                from .restore import restore_latest  # noqa: PLC0415 - only when restoring
+                from .restore import NotHere, restore_latest  # noqa: PLC0415 - only when restoring
 
                 restored = restore_latest(ctx, diagnosis=self.settings.diagnosis)
-                if restored is not None:
+                if isinstance(restored, NotHere):
+                    # Not a failure, whatever the restore policy: this container is meant to
+                    # start fresh (restarted inside its pod, or a pod of a new revision).
+                    log.emit(
+                        "restore",
+                        "skipped",
+                        cause=restored.cause,
+                        generation=restored.generation,
+                        why=restored.why,
+                    )
+                elif restored is not None:
                     self.root = restored.root_pid
                     lineage = restored.manifest.lineage_start
                     if lineage is not None:
                         ctx.lineage_start = lineage
                     return
-                had_attempts = bool(ctx.store.unrestored())
-                if policy is RestorePolicy.STRICT and had_attempts:
-                    raise RestoreFailed("restore-policy is strict and no generation restored")
-                if had_attempts:
+                elif ctx.store.unrestored():
+                    if policy is RestorePolicy.STRICT:
+                        raise RestoreFailed("restore-policy is strict and no generation restored")
                     log.emit("restore", "fallback-fresh", why="no generation could be restored")
             from .restore import log_cleanup  # noqa: PLC0415 - restore.py is small
 

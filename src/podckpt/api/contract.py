@@ -14,7 +14,8 @@ What crosses the boundary, and why each item exists:
   namespace's store key is not a mount of the checkpointed container: the bundle init
   container copies it into the bundle (`STORE_KEY_FILE`).
 - **Command line** (`RunCommand`): where the store is, the container's name, the downward-API
-  files, then `--` and the application's original argv. The webhook builds it with
+  files, the workload revision the pod belongs to, then `--` and the application's original
+  argv. The webhook builds it with
   `RunCommand.container_command()`; the agent parses it with `add_run_options()`.
 - **Environment** (`Env`): only what cannot be an option: the pod name for the kubelet's
   `$(VAR)` expansion in the store path of a plain pod whose name is generated, and values the
@@ -79,6 +80,10 @@ class Env(enum.StrEnum):
     POD_NAME = "PODCKPT_POD_NAME"
     #: Webhook: the container's image reference; a checkpoint is restored only into the same.
     IMAGE = "PODCKPT_IMAGE"
+    #: Webhook (downward API, `metadata.uid`; unknown at admission): the pod's uid. A
+    #: checkpoint is never restored into the pod that made it: a container restarted inside
+    #: its pod (liveness probe, OOM kill, crash) starts fresh.
+    POD_UID = "PODCKPT_POD_UID"
     #: Webhook: the user and group the application runs as (the container would have run it
     #: as them without podckpt); the agent itself runs as root.
     APP_UID = "PODCKPT_APP_UID"
@@ -174,6 +179,7 @@ STORE_OPTION = "--store"
 CONTAINER_OPTION = "--container"
 LABELS_OPTION = "--labels-file"
 ANNOTATIONS_OPTION = "--annotations-file"
+REVISION_OPTION = "--revision"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +191,9 @@ class RunCommand:
     container: str | None = None
     labels_file: str | None = None
     annotations_file: str | None = None
+    #: The workload revision the pod was created for (`podckpt.operator.domain.revision`):
+    #: a checkpoint of another revision is not restored.
+    revision: str | None = None
 
     def options(self) -> list[str]:
         out: list[str] = []
@@ -193,6 +202,7 @@ class RunCommand:
             (CONTAINER_OPTION, self.container),
             (LABELS_OPTION, self.labels_file),
             (ANNOTATIONS_OPTION, self.annotations_file),
+            (REVISION_OPTION, self.revision),
         ):
             if value is not None:
                 out += [option, value]
@@ -235,6 +245,12 @@ def add_run_options(parser: argparse.ArgumentParser, environ: Mapping[str, str])
         dest="annotations_file",
         help="downward-API file of the pod's annotations",
     )
+    parser.add_argument(
+        REVISION_OPTION,
+        dest="revision",
+        help="the workload revision of this pod (e.g. pod-template-hash=5d4f8c, or"
+        " spec=sha256:... of the container); a checkpoint of another revision is not restored",
+    )
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- the application's command")
 
 
@@ -249,6 +265,7 @@ def run_command_from(namespace: argparse.Namespace) -> RunCommand:
         container=namespace.container,
         labels_file=namespace.labels_file,
         annotations_file=namespace.annotations_file,
+        revision=namespace.revision,
     )
 
 

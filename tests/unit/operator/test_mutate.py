@@ -8,6 +8,7 @@ import jsonpatch
 import pytest
 
 from podckpt.api import contract
+from podckpt.operator.domain.revision import revision
 from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.argv import ImageArgv
@@ -256,9 +257,14 @@ def test_injected_pod(make_pod: Any, op: OperatorSettings) -> None:
         "/.podckpt-meta/labels",
         "--annotations-file",
         "/.podckpt-meta/annotations",
+        "--revision",
+        revision(pod, containers[0]),
         "--",
     ]
+    assert app["command"][-2].startswith("spec=sha256:")  # no controller template hash
     assert app["args"] == ["/entry", "--port", "80"]
+    uid = {"name": "PODCKPT_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}
+    assert uid in app["env"]
     security = app["securityContext"]
     assert set(op.agent_capabilities) <= set(security["capabilities"]["add"])
     # A non-root application: the agent dumps it as that user (SETUID, SETGID, DAC_OVERRIDE).

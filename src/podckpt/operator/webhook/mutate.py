@@ -27,6 +27,7 @@ from podckpt.api import (
 )
 from podckpt.operator.domain import gpu, sizing
 from podckpt.operator.domain.identity import Identity, WorkloadKind, resolve_identity
+from podckpt.operator.domain.revision import revision as workload_revision
 from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
 
@@ -350,11 +351,18 @@ def build(
 
     key = store_key(identity)
     pod_security: Mapping[str, Any] = spec.get("securityContext") or {}
+    # From the pod as submitted: podckpt's rewrite is no part of the user's revision.
+    revisions = {
+        c["name"]: workload_revision(pod, c)
+        for c in (pod.get("spec") or {}).get("containers") or ()
+        if c.get("name") in plan.containers
+    }
     for container in spec.get("containers") or ():
         if container["name"] in plan.containers:
             _wrap(
                 container,
                 image=images.get(container["name"]),
+                revision=revisions[container["name"]],
                 store_key=key,
                 store_volume=store_volume,
                 pod_security=pod_security,
@@ -416,6 +424,7 @@ def _wrap(
     container: dict[str, Any],
     *,
     image: ImageArgv | None,
+    revision: str,
     store_key: str,
     store_volume: str,
     pod_security: Mapping[str, Any],
@@ -428,6 +437,7 @@ def _wrap(
         container=name,
         labels_file=contract.LABELS_FILE,
         annotations_file=contract.ANNOTATIONS_FILE,
+        revision=revision,
     )
     container["command"], container["args"] = run.container_command()
 
@@ -446,12 +456,16 @@ def _wrap(
         )
     container["env"] = env
 
-    # A checkpoint is restored only into a container of the same image and argv.
+    # A checkpoint is restored only into a container of the same image and argv, and never
+    # into the pod that made it (a container restarted inside its pod starts fresh).
     env.append({"name": contract.Env.IMAGE, "value": str(container.get("image", ""))})
     if op.store_key_secret:
         env.append({"name": contract.Env.STORE_KEY, "value": contract.STORE_KEY_FILE})
         if op.store_accept_unsigned:
             env.append({"name": contract.Env.STORE_ACCEPT_UNSIGNED, "value": "true"})
+    env.append(
+        {"name": contract.Env.POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}
+    )
 
     security = container.setdefault("securityContext", {})
     # The agent runs as root; the user the application ran as is handed to it, so that it
