@@ -110,9 +110,20 @@ def run_command(
     argv = list(command.argv)
     if not argv:
         fail("missing the application's command: podckpt-agent run [options] -- ARGV...")
+    namespace_labels: dict[str, str] = {}
+    namespace_annotations: dict[str, str] = {}
+    if command.namespace_defaults:
+        try:
+            namespace_labels, namespace_annotations = contract.parse_namespace_defaults(
+                command.namespace_defaults
+            )
+        except ValueError as exc:
+            fail(str(exc))
     live = LiveSettings(
         Path(command.labels_file) if command.labels_file else None,
         Path(command.annotations_file) if command.annotations_file else None,
+        namespace_labels,
+        namespace_annotations,
     )
     try:
         settings = live.read()

@@ -4,11 +4,16 @@ The kubelet rewrites the labels and annotations files when the pod's metadata ch
 reading them at the moment of SIGTERM makes `kubectl label pod P memverge.ai/checkpoint-mode-`
 take effect on a running pod. A value that became invalid while running is logged and the last
 valid settings stay in force: a typo must not silently turn checkpointing off.
+
+The namespace's keys come from the webhook (`--namespace-defaults`, resolved when the pod was
+admitted: the agent cannot read the Namespace object) and rank below the pod's own, as
+everywhere (`podckpt.api.parse_settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 from podckpt.api import (
@@ -25,18 +30,32 @@ from .errors import UsageError
 
 
 class LiveSettings:
-    def __init__(self, labels_file: Path | None, annotations_file: Path | None) -> None:
+    def __init__(
+        self,
+        labels_file: Path | None,
+        annotations_file: Path | None,
+        namespace_labels: Mapping[str, str] | None = None,
+        namespace_annotations: Mapping[str, str] | None = None,
+    ) -> None:
         self.labels_file = labels_file
         self.annotations_file = annotations_file
+        self.namespace_labels = dict(namespace_labels or {})
+        self.namespace_annotations = dict(namespace_annotations or {})
         self.last: CheckpointSettings | None = None
 
     def read(self) -> CheckpointSettings:
         """Parse both files now. Without a labels file checkpointing is on (the agent was
-        wrapped around the entrypoint on purpose); with one, its `checkpoint-mode` decides."""
+        wrapped around the entrypoint on purpose) unless a key says otherwise; with one,
+        `checkpoint-mode` decides (pod annotation, pod label, namespace)."""
         try:
             labels = _read(self.labels_file)
             annotations = _read(self.annotations_file)
-            settings = parse_settings(labels, annotations)
+            settings = parse_settings(
+                labels,
+                annotations,
+                namespace_labels=self.namespace_labels,
+                namespace_annotations=self.namespace_annotations,
+            )
         except (InvalidValueError, DownwardAPIFormatError) as exc:
             raise UsageError(str(exc)) from exc
         if self.labels_file is None and Key.CHECKPOINT_MODE not in settings.sources:

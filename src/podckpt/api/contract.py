@@ -14,8 +14,9 @@ What crosses the boundary, and why each item exists:
   namespace's store key is not a mount of the checkpointed container: the bundle init
   container copies it into the bundle (`STORE_KEY_FILE`).
 - **Command line** (`RunCommand`): where the store is, the container's name, the downward-API
-  files, the workload revision the pod belongs to, then `--` and the application's original
-  argv. The webhook builds it with
+  files, the workload revision the pod belongs to, the namespace's keys (defaults below the
+  pod's own, resolved at admission: the agent cannot read the Namespace), then `--` and the
+  application's original argv. The webhook builds it with
   `RunCommand.container_command()`; the agent parses it with `add_run_options()`.
 - **Environment** (`Env`): only what cannot be an option: the pod name for the kubelet's
   `$(VAR)` expansion in the store path of a plain pod whose name is generated, and values the
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import json
 import os
 from collections.abc import Mapping, Sequence
 
@@ -180,6 +182,35 @@ CONTAINER_OPTION = "--container"
 LABELS_OPTION = "--labels-file"
 ANNOTATIONS_OPTION = "--annotations-file"
 REVISION_OPTION = "--revision"
+NAMESPACE_DEFAULTS_OPTION = "--namespace-defaults"
+
+
+def namespace_defaults_text(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
+    """The namespace's keys as the webhook hands them to the agent: compact JSON, labels and
+    annotations apart (they parse differently: a list is `.`-separated in a label)."""
+    body = {
+        "labels": dict(sorted(labels.items())),
+        "annotations": dict(sorted(annotations.items())),
+    }
+    return json.dumps(body, separators=(",", ":"))
+
+
+def parse_namespace_defaults(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, annotations) of `namespace_defaults_text`. Raises ValueError naming the
+    option."""
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{NAMESPACE_DEFAULTS_OPTION}: not JSON ({exc})") from None
+    layers: list[dict[str, str]] = []
+    for part in ("labels", "annotations"):
+        layer = body.get(part, {}) if isinstance(body, dict) else None
+        if not isinstance(layer, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in layer.items()
+        ):
+            raise ValueError(f"{NAMESPACE_DEFAULTS_OPTION}: {part!r} must map key names to strings")
+        layers.append(layer)
+    return layers[0], layers[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +225,8 @@ class RunCommand:
     #: The workload revision the pod was created for (`podckpt.operator.domain.revision`):
     #: a checkpoint of another revision is not restored.
     revision: str | None = None
+    #: The namespace's keys at the pod's admission (`namespace_defaults_text`).
+    namespace_defaults: str | None = None
 
     def options(self) -> list[str]:
         out: list[str] = []
@@ -203,6 +236,7 @@ class RunCommand:
             (LABELS_OPTION, self.labels_file),
             (ANNOTATIONS_OPTION, self.annotations_file),
             (REVISION_OPTION, self.revision),
+            (NAMESPACE_DEFAULTS_OPTION, self.namespace_defaults),
         ):
             if value is not None:
                 out += [option, value]
@@ -251,6 +285,13 @@ def add_run_options(parser: argparse.ArgumentParser, environ: Mapping[str, str])
         help="the workload revision of this pod (e.g. pod-template-hash=5d4f8c, or"
         " spec=sha256:... of the container); a checkpoint of another revision is not restored",
     )
+    parser.add_argument(
+        NAMESPACE_DEFAULTS_OPTION,
+        dest="namespace_defaults",
+        metavar="JSON",
+        help='the namespace\'s keys, {"labels": {...}, "annotations": {...}}: defaults below'
+        " the pod's own labels and annotations",
+    )
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- the application's command")
 
 
@@ -266,6 +307,7 @@ def run_command_from(namespace: argparse.Namespace) -> RunCommand:
         labels_file=namespace.labels_file,
         annotations_file=namespace.annotations_file,
         revision=namespace.revision,
+        namespace_defaults=namespace.namespace_defaults,
     )
 
 

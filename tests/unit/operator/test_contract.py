@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from podckpt.agent import cli, pids, runner
+from podckpt.agent.settings import LiveSettings
 from podckpt.agent.supervisor import application_env
 from podckpt.api import contract
 from podckpt.operator.settings import OperatorSettings
@@ -134,3 +135,75 @@ def test_the_application_environment_is_free_of_ours(monkeypatch: pytest.MonkeyP
     for name in contract.Env:
         monkeypatch.setenv(name, "x")
     assert not [n for n in application_env() if n.startswith("PODCKPT_")]
+
+
+def _kubelet_expansion(words: list[str]) -> list[str]:
+    """What the kubelet does to `command`/`args` without variables: `$$` becomes `$`."""
+    return [w.replace("$$", "$") for w in words]
+
+
+def test_namespace_keys_reach_the_agents_settings(make_pod: Any) -> None:
+    namespace = Namespace(
+        "ns",
+        labels={
+            "memverge.ai/checkpoint-mode": "true",
+            "memverge.ai/checkpoint-interval": "10m",
+            "kubernetes.io/metadata.name": "ns",
+        },
+        annotations={
+            "memverge.ai/checkpoint-files": "/var/lib/$(HOME)/x,/tmp/cache",
+            "other.example/note": "not ours",
+        },
+    )
+    op = OperatorSettings()
+    pod = make_pod(name="db-0", owner="statefulset")
+    planned = plan(pod, namespace, op)
+    assert isinstance(planned, Plan)
+    container = build(pod, planned, {}, op)["spec"]["containers"][0]
+    command = _kubelet_expansion(container["command"])
+    run = runner.build_parser().parse_args([*command[1:], *container["args"]])
+    text = contract.run_command_from(run).namespace_defaults
+    assert text is not None
+    labels, annotations = contract.parse_namespace_defaults(text)
+    # only the keys: other metadata of the namespace does not go into every pod's command
+    assert labels == {
+        "memverge.ai/checkpoint-mode": "true",
+        "memverge.ai/checkpoint-interval": "10m",
+    }
+    assert annotations == {"memverge.ai/checkpoint-files": "/var/lib/$(HOME)/x,/tmp/cache"}
+    # the agent's settings, with no label or annotation of the pod itself
+    live = LiveSettings(None, None, labels, annotations)
+    settings = live.read()
+    assert settings.mode is True
+    assert settings.interval == 600
+    assert settings.files == ("/var/lib/$(HOME)/x", "/tmp/cache")
+
+
+def test_a_pod_without_namespace_keys_gets_no_option(make_pod: Any) -> None:
+    container = _injected(make_pod(name="db-0", owner="statefulset", labels=ON))["spec"][
+        "containers"
+    ][0]
+    assert contract.NAMESPACE_DEFAULTS_OPTION not in container["command"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{", "[]", '{"labels": {"a": 1}}', '{"annotations": "x"}'],
+)
+def test_bad_namespace_defaults_name_the_option(text: str) -> None:
+    with pytest.raises(ValueError, match="--namespace-defaults"):
+        contract.parse_namespace_defaults(text)
+
+
+def test_the_key_prefix_reaches_the_agent(make_pod: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(contract.Env.KEY_PREFIX, "ckpt.example.com/")
+    pod = make_pod(
+        name="db-0", owner="statefulset", labels={"ckpt.example.com/checkpoint-mode": "true"}
+    )
+    container = _injected(pod)["spec"]["containers"][0]
+    assert {"name": contract.Env.KEY_PREFIX, "value": "ckpt.example.com/"} in container["env"]
+    monkeypatch.delenv(contract.Env.KEY_PREFIX)
+    default = _injected(make_pod(name="db-0", owner="statefulset", labels=ON))
+    assert contract.Env.KEY_PREFIX not in {
+        e["name"] for e in default["spec"]["containers"][0]["env"]
+    }

@@ -17,11 +17,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from podckpt.api import (
+    DEFAULT_PREFIX,
     CheckpointSettings,
     InvalidValueError,
     Key,
     contract,
     injection_enabled,
+    key_prefix,
     parse_settings,
     qualified,
 )
@@ -31,7 +33,7 @@ from podckpt.operator.domain.revision import revision as workload_revision
 from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
 
-from .argv import ImageArgv, needs_image, original_argv
+from .argv import ImageArgv, escape_expansion, needs_image, original_argv
 from .review import diff
 
 Pod = dict[str, Any]
@@ -92,6 +94,9 @@ class Plan:
     raises: tuple[sizing.Raise, ...] = ()
     #: Bytes of one GPU of the pod (domain/gpu.py); 0 when no checkpointed container has one.
     gpu_memory: int = 0
+    #: The namespace's keys (labels, annotations under the key prefix), handed to the agent:
+    #: it cannot read the Namespace, and they are its defaults below the pod's own keys.
+    namespace_keys: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})
 
 
 def _meta(pod: Mapping[str, Any], field: str) -> dict[str, str]:
@@ -231,6 +236,11 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
     warnings += [f"podckpt: {r.describe()}" for r in raises]
     if per_gpu is not None:
         warnings.extend(_gpu_warnings(checkpointed, per_gpu))
+    prefix = key_prefix()
+    namespace_keys = (
+        {k: v for k, v in namespace.labels.items() if k.startswith(prefix)},
+        {k: v for k, v in namespace.annotations.items() if k.startswith(prefix)},
+    )
     return Plan(
         mode,
         settings,
@@ -240,6 +250,7 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
         tuple(warnings),
         tuple(raises),
         gpu_memory=per_gpu.bytes if per_gpu else 0,
+        namespace_keys=namespace_keys,
     )
 
 
@@ -363,6 +374,7 @@ def build(
                 container,
                 image=images.get(container["name"]),
                 revision=revisions[container["name"]],
+                namespace_keys=plan.namespace_keys,
                 store_key=key,
                 store_volume=store_volume,
                 pod_security=pod_security,
@@ -425,12 +437,17 @@ def _wrap(
     *,
     image: ImageArgv | None,
     revision: str,
+    namespace_keys: tuple[Mapping[str, str], Mapping[str, str]],
     store_key: str,
     store_volume: str,
     pod_security: Mapping[str, Any],
     op: OperatorSettings,
 ) -> None:
     name = container["name"]
+    defaults = None
+    if namespace_keys[0] or namespace_keys[1]:
+        # JSON in `command`: the kubelet would expand `$(VAR)` in it, `$$` is a `$`.
+        defaults = escape_expansion(contract.namespace_defaults_text(*namespace_keys))
     run = contract.RunCommand(
         argv=tuple(original_argv(container, image)),
         store=f"{contract.STORE_MOUNT}/{store_key}/{name}",
@@ -438,6 +455,7 @@ def _wrap(
         labels_file=contract.LABELS_FILE,
         annotations_file=contract.ANNOTATIONS_FILE,
         revision=revision,
+        namespace_defaults=defaults,
     )
     container["command"], container["args"] = run.container_command()
 
@@ -466,6 +484,9 @@ def _wrap(
     env.append(
         {"name": contract.Env.POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}
     )
+    if key_prefix() != DEFAULT_PREFIX:
+        # The agent reads the pod's keys under the installation's prefix too.
+        env.append({"name": contract.Env.KEY_PREFIX, "value": key_prefix()})
 
     security = container.setdefault("securityContext", {})
     # The agent runs as root; the user the application ran as is handed to it, so that it
