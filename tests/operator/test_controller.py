@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -154,14 +155,26 @@ def test_pod_labelled_after_creation_gets_a_warning(kube: Kube, namespace: str) 
     assert "pod template" in event["message"]
 
 
-def test_controller_never_writes_to_pods(kube: Kube, namespace: str) -> None:
+def test_controller_writes_nothing_to_pods_but_its_gate(kube: Kube, namespace: str) -> None:
     kube.apps.create_namespaced_stateful_set(namespace, _statefulset("quiet", {}, "64Mi"))
     eventually(lambda: kube.pvc(namespace, "podckpt-statefulset-quiet-0"), what="PVC")
-    (pod,) = kube.pods(namespace, "app=quiet")
+    pod = eventually(
+        lambda: (
+            (found := kube.pods(namespace, "app=quiet"))
+            and not found[0]["spec"].get("schedulingGates")
+            and found[0]
+        ),
+        what="the scheduling gate removed",
+    )
     assert not pod["metadata"].get("finalizers")
-    managers = {m["manager"] for m in pod["metadata"].get("managedFields") or ()}
-    assert all("kopf" not in m and "podckpt" not in m for m in managers), managers
     assert not [k for k in pod["metadata"]["annotations"] if "kopf" in k]
+    for entry in pod["metadata"].get("managedFields") or ():
+        if "kopf" in entry["manager"] or "podckpt" in entry["manager"]:
+            # removing a list entry owns no field: no label, annotation, finalizer or spec
+            owned = json.dumps(entry.get("fieldsV1") or {})
+            assert not any(
+                f in owned for f in ("f:labels", "f:annotations", "f:finalizers", "f:containers")
+            ), entry
 
 
 def test_orphaned_checkpoint_volume_is_reported_not_deleted(kube: Kube, namespace: str) -> None:

@@ -238,3 +238,29 @@ def test_downward_file_go_escapes() -> None:
 def test_downward_file_malformed_line_names_file_and_line(line: str) -> None:
     with pytest.raises(DownwardAPIFormatError, match=r"^labels:2: "):
         parse_downward_text('ok="1"\n' + line + "\n", "labels")
+
+
+def test_unknown_keys_are_warnings_with_the_nearest_key() -> None:
+    settings = parse_settings(
+        {"memverge.ai/checkpoint-mode": "true", "memverge.ai/checkpoint-injection": "enabled"},
+        {"memverge.ai/checkpoint-volume-sise": "1Gi", "memverge.ai/frobnicate": "1"},
+        namespace_labels={
+            "memverge.ai/checkpoint-injection": "enabled",
+            "memverge.ai/checkpiont-interval": "1m",
+        },
+    )
+    assert settings.volume_size is None  # ignored, not guessed
+    assert settings.warnings == (
+        "memverge.ai/checkpoint-volume-sise: unknown key (pod annotation), ignored;"
+        " did you mean memverge.ai/checkpoint-volume-size?",
+        "memverge.ai/frobnicate: unknown key (pod annotation), ignored",
+        "memverge.ai/checkpoint-injection: unknown key (pod label), ignored; it is a namespace"
+        " key: put it on the Namespace",
+        "memverge.ai/checkpiont-interval: unknown key (namespace label), ignored;"
+        " did you mean memverge.ai/checkpoint-interval?",
+    )
+    # other domains are none of our business
+    assert (
+        parse_settings({"app.kubernetes.io/name": "x"}, {"example.com/checkpoint": "1"}).warnings
+        == ()
+    )

@@ -139,6 +139,7 @@ def parse_settings(
         is_label = raw.source in (Source.POD_LABEL, Source.NAMESPACE_LABEL)
         fields.update(_parse_one(key, name, raw.value, is_label))
 
+    warnings += unknown_keys(layers, prefix)
     if fields.get("storage_volume") is not None:
         for ignored in (Key.CHECKPOINT_STORAGE_CLASS, Key.CHECKPOINT_VOLUME_SIZE):
             if ignored in sources:
@@ -147,6 +148,30 @@ def parse_settings(
                     " is set (checkpoints go to the pod's own volume)"
                 )
     return CheckpointSettings(**fields, sources=sources, warnings=tuple(warnings))  # type: ignore[arg-type]
+
+
+def unknown_keys(layers: Sequence[tuple[Source, Mapping[str, str]]], prefix: str) -> list[str]:
+    """A warning for each name under the prefix that is no key (a typo would otherwise be
+    ignored in silence), with the nearest known key; namespace keys only count on the
+    namespace."""
+    pod_keys = {prefix + k for k in Key}
+    namespace_keys = pod_keys | {prefix + k for k in NamespaceKey}
+    found: list[str] = []
+    for source, layer in layers:
+        known = namespace_keys if source.startswith("namespace") else pod_keys
+        for name in layer:
+            if not name.startswith(prefix) or name in known:
+                continue
+            import difflib  # noqa: PLC0415 - only when a key is unknown
+
+            # compared without the prefix, which every candidate shares
+            suffixes = sorted(k.removeprefix(prefix) for k in known)
+            nearest = difflib.get_close_matches(name.removeprefix(prefix), suffixes, n=1)
+            hint = f"; did you mean {prefix}{nearest[0]}?" if nearest else ""
+            if source.startswith("pod") and name in namespace_keys:
+                hint = "; it is a namespace key: put it on the Namespace"
+            found.append(f"{name}: unknown key ({source}), ignored{hint}")
+    return found
 
 
 def _parse_one(key: Key, name: str, value: str, is_label: bool) -> dict[str, object]:

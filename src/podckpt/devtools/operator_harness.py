@@ -62,6 +62,19 @@ def load_manifests(*relative: str) -> list[dict[str, Any]]:
     return docs
 
 
+DEFAULT_PREFIX = "memverge.ai/"
+
+
+def with_key_prefix(config: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration with its selectors and match conditions for the key
+    prefix `new` instead of `old` (what an installation with PODCKPT_KEY_PREFIX patches)."""
+    if old == new:
+        return config
+    text = json.dumps(config).replace(old, new)
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
 def webhook_configuration(url: str) -> dict[str, Any]:
     """The shipped MutatingWebhookConfiguration, calling `url` instead of the Service."""
     (config,) = load_manifests("webhook/mutatingwebhookconfiguration.yaml")
@@ -91,8 +104,8 @@ class KubectlLike(Protocol):
 
 
 def ca_bundle_set(cluster: KubectlLike) -> bool:
-    """The webhook wrote its CA into all three webhooks of its configuration (it is ready to
-    be called by the API server)."""
+    """The webhook wrote its CA into every webhook of its configuration (it is ready to be
+    called by the API server)."""
     out = cluster.kubectl(
         "get",
         "mutatingwebhookconfiguration",
@@ -101,7 +114,8 @@ def ca_bundle_set(cluster: KubectlLike) -> bool:
         "jsonpath={.webhooks[*].clientConfig.caBundle}",
         check=False,
     ).stdout.split()
-    return len(out) == 3
+    (config,) = load_manifests("webhook/mutatingwebhookconfiguration.yaml")
+    return len(out) == len(config["webhooks"])
 
 
 class Operator:

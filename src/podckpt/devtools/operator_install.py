@@ -37,7 +37,12 @@ from podckpt.bundle import build_bundle
 from podckpt.bundle.image import build_image as build_bundle_image
 from podckpt.devtools.cluster.__main__ import _state_dir
 from podckpt.devtools.cluster.cluster import Cluster
-from podckpt.devtools.operator_harness import WEBHOOK_CONFIGURATION, ca_bundle_set
+from podckpt.devtools.operator_harness import (
+    DEFAULT_PREFIX,
+    WEBHOOK_CONFIGURATION,
+    ca_bundle_set,
+    with_key_prefix,
+)
 from podckpt.devtools.operator_image import build_image as build_operator_image
 
 REPO = Path(__file__).resolve().parents[3]
@@ -182,6 +187,35 @@ def uninstall(cluster: NodeClusterLike, *, wait: bool = False) -> None:
         ).stdout.split()
         if out:
             cluster.kubectl("delete", *out, "--ignore-not-found", check=False)
+
+
+def set_key_prefix(cluster: NodeClusterLike, prefix: str, timeout: float = 240) -> None:
+    """Switch the installed operator to another key prefix (`PODCKPT_KEY_PREFIX`), as an
+    installation with its own domain would be configured: both Deployments get the variable
+    (rolled out), the webhook configuration's selectors and conditions the prefix."""
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    deployments = [f"deployment/{name}" for name in DEPLOYMENTS]
+    setting = f"PODCKPT_KEY_PREFIX={prefix}" if prefix != DEFAULT_PREFIX else "PODCKPT_KEY_PREFIX-"
+    cluster.kubectl("set", "env", "-n", NAMESPACE, *deployments, setting)
+    config = json.loads(
+        cluster.kubectl(
+            "get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "-o", "json"
+        ).stdout
+    )
+    current = config["metadata"].get("annotations", {}).get(PREFIX_ANNOTATION, DEFAULT_PREFIX)
+    config = with_key_prefix(config, current, prefix)
+    config["metadata"].setdefault("annotations", {})[PREFIX_ANNOTATION] = prefix
+    cluster.kubectl("replace", "-f", "-", input=json.dumps(config))
+    for deployment in deployments:
+        cluster.kubectl(
+            "rollout", "status", "-n", NAMESPACE, deployment, f"--timeout={int(timeout)}s",
+            timeout=timeout + 10,
+        )  # fmt: skip
+    _wait_available(cluster, timeout)
+
+
+#: Where `set_key_prefix` notes the prefix the webhook configuration is set for.
+PREFIX_ANNOTATION = "podckpt.io/key-prefix"
 
 
 def logs(cluster: NodeClusterLike) -> str:

@@ -132,6 +132,14 @@ class OperatorSettings(BaseSettings):
     slot_lost_after_seconds: float = 30.0
 
     # -- controller ---------------------------------------------------------------------------
+    #: A pod whose checkpoint PVC is not there yet (or belongs to a deleted workload of the same
+    #: name) is created with the scheduling gate `<domain>/checkpoint-volume`, which the
+    #: controller removes once the PVC is usable: the scheduler never looks for a missing PVC
+    #: (no FailedScheduling warnings) and never binds a volume that is going away. Off: such
+    #: pods are Pending on the missing PVC until the controller has created it.
+    scheduling_gate: bool = True
+    #: How often the controller re-reads a PVC that gated pods wait for (besides its watch).
+    gate_recheck_seconds: float = 5.0
     orphan_sweep_seconds: float = 600.0
     #: Read this much of a container's log to find the agent's restore line.
     agent_log_head_bytes: int = 65536
@@ -139,6 +147,11 @@ class OperatorSettings(BaseSettings):
     # -- misc -----------------------------------------------------------------------------------
     log_level: str = "INFO"
     metrics_port: int = Field(default=8080, ge=0)
+
+    @property
+    def gate_name(self) -> str:
+        """The scheduling gate of a pod that waits for its checkpoint volume."""
+        return self.annotation("checkpoint-volume")
 
     def annotation(self, name: str) -> str:
         """A podckpt-owned annotation or label name, e.g. `podckpt.io/injected`."""

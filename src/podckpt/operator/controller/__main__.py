@@ -21,8 +21,9 @@ from podckpt.operator.kube import runner
 from podckpt.operator.kube.api import ApiError, event_manifest, namespaced
 from podckpt.operator.settings import OperatorSettings
 
-from . import orphans
-from .handlers import ControllerState, register
+from . import claims, orphans
+from .common import ControllerState
+from .handlers import register
 
 logger = logging.getLogger("podckpt.operator.controller")
 
@@ -73,13 +74,15 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         state.api = runner.connect(settings)
         state.sweeper = asyncio.create_task(sweep_orphans(state))
+        state.rechecker = asyncio.create_task(claims.recheck_waiting(state))
         logger.info("controller started")
 
     async def cleanup(**_: Any) -> None:
-        if state.sweeper is not None:
-            state.sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await state.sweeper
+        for task in (state.sweeper, state.rechecker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if state.api is not None:
             await state.api.close()
 

@@ -1,211 +1,30 @@
 """The kopf layer of the controller: event handlers and indices only, so kopf keeps no state
-on user pods (no finalizers, no annotations)."""
+on user pods (no finalizers, no annotations). The one write to a pod is the removal of
+podckpt's own scheduling gate once its checkpoint volume is usable (`claims`)."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 
-from podckpt.api import InvalidValueError, Key, parse_settings, qualified
-from podckpt.operator.domain.identity import Identity, Owner, controller_owner
-from podckpt.operator.kube.api import (
-    ApiError,
-    KubeAPI,
-    event_manifest,
-    namespaced,
-    post_event_once,
-)
+from podckpt.api import Key, qualified
+from podckpt.operator.kube.api import ApiError, namespaced
 from podckpt.operator.settings import OperatorSettings
 
-from . import events, storekey, volumes
+from . import claims, events, storekey
+from .common import ControllerState, announce, api_of, with_retries
 
 logger = logging.getLogger(__name__)
-
-_RETRIES = (1.0, 2.0, 4.0)
-
-
-class _Seen:
-    """A bounded set: what was already announced (events are never posted twice)."""
-
-    def __init__(self, size: int = 50_000) -> None:
-        self._items: collections.OrderedDict[tuple[str, ...], None] = collections.OrderedDict()
-        self._size = size
-
-    def add(self, key: tuple[str, ...]) -> bool:
-        """True if `key` is new."""
-        if key in self._items:
-            return False
-        self._items[key] = None
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return True
-
-    def discard_prefix(self, uid: str) -> None:
-        for key in [k for k in self._items if k[0] == uid]:
-            del self._items[key]
-
-
-@dataclasses.dataclass
-class ControllerState:
-    op: OperatorSettings
-    api: KubeAPI | None = None
-    claims: set[tuple[str, str]] = dataclasses.field(default_factory=set)
-    keys: storekey.KeyTracker = dataclasses.field(default_factory=storekey.KeyTracker)
-    seen: _Seen = dataclasses.field(default_factory=_Seen)
-    sweeper: asyncio.Task[None] | None = None
 
 
 async def namespace_entry(
     body: kopf.Body, **_: Any
 ) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
     return {body.metadata.name: (dict(body.metadata.labels), dict(body.metadata.annotations))}
-
-
-def _api(state: ControllerState) -> KubeAPI:
-    if state.api is None:
-        raise kopf.TemporaryError("not logged in yet", delay=1)
-    return state.api
-
-
-async def _with_retries(what: str, fn: Any) -> Any:
-    """Event handlers are not retried by kopf: retry transient API errors here."""
-    for delay in (*_RETRIES, None):
-        try:
-            return await fn()
-        except ApiError as exc:
-            if not exc.transient or delay is None:
-                raise
-            logger.warning("%s: %s; retrying in %.0f s", what, exc, delay)
-            await asyncio.sleep(delay)
-    return None  # pragma: no cover
-
-
-COMPONENT = "podckpt-controller"
-
-
-async def announce(
-    state: ControllerState, body: kopf.Body, event: events.PodEvent, fact: str
-) -> None:
-    """Post one Event about a pod, named after the fact so that it is posted once, whichever
-    controller instance (or restart) sees the fact. Never raises: an Event is information."""
-    if state.api is None:
-        return
-    api = state.api
-    meta = body.metadata
-    manifest = event_manifest(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
-        },
-        type=event.type,
-        reason=event.reason,
-        message=event.message,
-        component=COMPONENT,
-        fact=f"{fact}/{event.reason}/{event.detail}",
-    )
-    try:
-        await _with_retries(f"post {event.reason}", lambda: post_event_once(api, manifest))
-    except ApiError as exc:
-        logger.warning(
-            "could not post %s on %s/%s: %s", event.reason, meta.namespace, meta.name, exc
-        )
-
-
-async def _owner(api: KubeAPI, pod: Mapping[str, Any], namespace: str) -> Owner | None:
-    owner = controller_owner(pod)
-    if owner is None:
-        return None
-    replicaset = None
-    if owner.kind == "ReplicaSet":
-        replicaset = await api.get(namespaced("/apis/apps/v1/replicasets", namespace, owner.name))
-    return volumes.top_level_owner(owner, replicaset)
-
-
-async def ensure_claim(
-    state: ControllerState,
-    body: kopf.Body,
-    namespace_labels: Mapping[str, str],
-    namespace_annotations: Mapping[str, str],
-) -> None:
-    """Create the identity's PVC if it does not exist yet."""
-    op = state.op
-    annotations = body.metadata.annotations
-    claim = annotations.get(op.annotation("claim"))
-    namespace = body.metadata.namespace or ""
-    if not claim or (namespace, claim) in state.claims:
-        return
-    api = _api(state)
-    path = namespaced("persistentvolumeclaims", namespace, claim)
-    try:
-        await _with_retries(f"get PVC {namespace}/{claim}", lambda: api.get(path))
-    except ApiError as exc:
-        if not exc.not_found:
-            raise
-    else:
-        state.claims.add((namespace, claim))
-        return
-
-    identity = Identity.decode(annotations[op.annotation("identity")])
-    try:
-        settings = parse_settings(
-            dict(body.metadata.labels),
-            dict(annotations),
-            namespace_labels=namespace_labels,
-            namespace_annotations=namespace_annotations,
-        )
-    except InvalidValueError as exc:  # the webhook admitted it: keys changed since
-        await announce(
-            state,
-            body,
-            events.PodEvent(events.WARNING, "InvalidSettings", str(exc)),
-            body.metadata.uid or "",
-        )
-        return
-    names = set(annotations.get(op.annotation("containers"), "").split(","))
-    containers = [c for c in body.spec.get("containers") or () if c.get("name") in names]
-    size = volumes.claim_size(settings, containers, op, pod_spec=body.spec)
-    owner = await _with_retries("find the workload", lambda: _owner(api, body, namespace))
-    manifest = volumes.build_claim(
-        identity=identity,
-        namespace=namespace,
-        owner=owner,
-        size=size,
-        storage_class=settings.storage_class,
-        op=op,
-    )
-    try:
-        await _with_retries(
-            f"create PVC {namespace}/{claim}",
-            lambda: api.post(namespaced("persistentvolumeclaims", namespace), manifest),
-        )
-    except ApiError as exc:
-        if not exc.conflict:
-            raise
-    else:
-        storage = manifest["spec"]["resources"]["requests"]["storage"]
-        klass = settings.storage_class or "the default class"
-        owner_text = f"{owner.kind} {owner.name}" if owner else "nothing"
-        await announce(
-            state,
-            body,
-            events.PodEvent(
-                events.NORMAL,
-                "VolumeProvisioned",
-                f"checkpoint volume {claim}: {storage} ({size.reason}), {klass},"
-                f" owned by {owner_text}",
-                claim,
-            ),
-            body.metadata.uid or "",
-        )
-        logger.info("created PVC %s/%s (%s)", namespace, claim, storage)
-    state.claims.add((namespace, claim))
 
 
 async def ensure_store_key(state: ControllerState, body: kopf.Body) -> None:
@@ -215,10 +34,10 @@ async def ensure_store_key(state: ControllerState, body: kopf.Body) -> None:
     namespace = body.metadata.namespace or ""
     if not op.store_key_secret or not state.keys.due(namespace):
         return
-    api = _api(state)
+    api = api_of(state)
     manifest = storekey.build_store_key_secret(namespace, op)
     try:
-        await _with_retries(
+        await with_retries(
             f"create Secret {namespace}/{op.store_key_secret}",
             lambda: api.post(namespaced("secrets", namespace), manifest),
         )
@@ -226,13 +45,13 @@ async def ensure_store_key(state: ControllerState, body: kopf.Body) -> None:
         if not exc.conflict:
             raise
     else:
-        kopf.event(
-            body,
-            type=events.NORMAL,
-            reason="StoreKeyCreated",
-            message=f"Secret {op.store_key_secret} created: the key that authenticates this"
+        created = events.PodEvent(
+            events.NORMAL,
+            "StoreKeyCreated",
+            f"Secret {op.store_key_secret} created: the key that authenticates this"
             " namespace's checkpoints",
         )
+        await announce(state, body, created, f"{namespace}/store-key")
         logger.info("created the store key Secret of namespace %s", namespace)
     state.keys.done(namespace)
 
@@ -300,7 +119,7 @@ async def injected_pod(
     )
     if kind != "DELETED":
         await ensure_store_key(state, body)
-        await ensure_claim(state, body, entry[0], entry[1])
+        await claims.settle(state, body, entry[0], entry[1])
     if kind == "ADDED" and state.seen.add((uid, "injected")):
         op = state.op
         annotations = body.metadata.annotations
@@ -337,6 +156,13 @@ def register(registry: kopf.OperatorRegistry, op: OperatorSettings) -> None:
     mode = qualified(Key.CHECKPOINT_MODE)
     kopf.index("v1", "namespaces", registry=registry)(namespace_entry)
     kopf.on.event(
+        "v1",
+        "persistentvolumeclaims",
+        labels={op.annotation("managed-by"): "podckpt"},
+        registry=registry,
+        id="claims",
+    )(cast(Any, claims.claim_event))
+    kopf.on.event(
         "v1", "pods", annotations={injected: kopf.PRESENT}, registry=registry, id="injected"
     )(cast(Any, injected_pod))
     kopf.on.event(
@@ -346,4 +172,11 @@ def register(registry: kopf.OperatorRegistry, op: OperatorSettings) -> None:
         annotations={injected: kopf.ABSENT},
         registry=registry,
         id="not-injected",
+    )(cast(Any, uninjected_pod))
+    kopf.on.event(
+        "v1",
+        "pods",
+        annotations={mode: lambda value, **_: str(value).lower() == "true", injected: kopf.ABSENT},
+        registry=registry,
+        id="not-injected-annotation",
     )(cast(Any, uninjected_pod))

@@ -16,7 +16,7 @@ from typing import Any
 
 from podckpt.api import CheckpointSettings
 from podckpt.operator.domain import gpu, sizing
-from podckpt.operator.domain.identity import Identity, Owner
+from podckpt.operator.domain.identity import Identity, Owner, top_level_owner
 from podckpt.operator.settings import OperatorSettings
 
 
@@ -65,6 +65,9 @@ def claim_size(
     )
 
 
+__all__ = ["ClaimSize", "build_claim", "claim_size", "owner_reference", "top_level_owner"]
+
+
 def owner_reference(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": owner.api_version,
@@ -108,14 +111,3 @@ def build_claim(
     if storage_class is not None:
         spec["storageClassName"] = storage_class
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
-
-
-def top_level_owner(pod_owner: Owner, replicaset: Mapping[str, Any] | None) -> Owner:
-    """The workload a pod's checkpoints belong to: a ReplicaSet's Deployment, else the
-    pod's own controller."""
-    if pod_owner.kind != "ReplicaSet" or replicaset is None:
-        return pod_owner
-    for ref in replicaset.get("metadata", {}).get("ownerReferences") or ():
-        if ref.get("controller") and ref.get("kind") == "Deployment":
-            return Owner(ref["apiVersion"], ref["kind"], ref["name"], ref["uid"])
-    return pod_owner

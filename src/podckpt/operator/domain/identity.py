@@ -180,3 +180,14 @@ def owner_of(pod: Body) -> Owner | None:
     ):
         return owner
     return None
+
+
+def top_level_owner(pod_owner: Owner, replicaset: Mapping[str, Any] | None) -> Owner:
+    """The workload a pod's checkpoints belong to: a ReplicaSet's Deployment, else the
+    pod's own controller."""
+    if pod_owner.kind != "ReplicaSet" or replicaset is None:
+        return pod_owner
+    for ref in replicaset.get("metadata", {}).get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == "Deployment":
+            return Owner(ref["apiVersion"], ref["kind"], ref["name"], ref["uid"])
+    return pod_owner

@@ -97,6 +97,12 @@ class KubeAPI:
         result: dict[str, Any] = await self._request("POST", path, body=body)
         return result
 
+    async def json_patch(self, path: str, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request(
+            "PATCH", path, body=operations, content_type="application/json-patch+json"
+        )
+        return result
+
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self._request(
             "PATCH", path, body=body, content_type="application/merge-patch+json"

@@ -92,6 +92,7 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
     async def cleanup(**_: Any) -> None:
         for running in servers:
             await running.cleanup()
+        await state.reporter.drain()
         await state.resolver.close()
         if state.api is not None:
             await state.api.close()

@@ -7,8 +7,9 @@ path (memo copies, handler bookkeeping, a deep copy and `jsonpatch` diff of the 
 ~4 ms of CPU, ours under 1 ms, and the webhook's p99 target is 25 ms with 20 admissions in
 flight (docs/operator.md, "Why admission bypasses kopf's webhook machinery").
 
-Reads only (side-effect free, so `sideEffects: None` and dry-run are honest): namespace labels
-come from a watch, slot holders from a LIST, pull Secrets from GETs.
+Reads only, but for one side effect (`sideEffects: NoneOnDryRun`): Events on a workload about
+its pods' refusals and mistakes (`report`), never for a dry-run. Namespace labels come from a
+watch, slot holders from a LIST, pull Secrets, checkpoint PVCs and ReplicaSets from GETs.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from podckpt.operator.domain.slots import Holder, SlotChoice, holder_state
 from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
 from podckpt.operator.settings import OperatorSettings
 
-from . import mutate
+from . import claimgate, mutate
 from .argv import EmptyArgvError, ImageArgv
 from .imageconfig import Credential, ImageConfigError, ImageConfigResolver, credentials_from_secrets
+from .report import REFUSED, Reporter
+from .report import WARNING as MISTAKE
 from .review import AdmissionRequest, AdmissionReview, AdmissionReviewResponse, Status, respond
 from .slots import SlotBook
 
@@ -54,6 +57,10 @@ class WebhookState:
     namespaces: dict[str, tuple[dict[str, str], dict[str, str]]] = dataclasses.field(
         default_factory=dict
     )
+    #: ReplicaSet uid -> Deployment uid, for the checkpoint volume's owner.
+    owners: claimgate.OwnerCache = dataclasses.field(default_factory=claimgate.OwnerCache)
+    #: Events about a workload's pods, posted on the workload.
+    reporter: Reporter = dataclasses.field(default_factory=Reporter)
     admitted: int = 0
     denied: int = 0
 
@@ -181,25 +188,33 @@ async def _resolve_images(
 
 
 async def admit(state: WebhookState, review: AdmissionReview) -> AdmissionReviewResponse:
-    """The response to one AdmissionReview of a pod CREATE."""
+    """The response to one AdmissionReview of a pod CREATE. Refusals and mistakes about a
+    workload's pod are also reported on the workload (`report`; never for a dry-run)."""
     request = review["request"]
     uid = request["uid"]
+    pod = request.get("object") or {}
+    namespace = request.get("namespace") or pod.get("metadata", {}).get("namespace", "")
+    report = not request.get("dryRun")
     try:
-        patch, warnings = await _mutate(state, request)
+        patch, warnings, mistakes = await _mutate(state, request)
     except Denied as exc:
         state.denied += 1
-        logger.info("denied pod in %s: %s", request.get("namespace", ""), exc)
+        logger.info("denied pod in %s: %s", namespace, exc)
+        if report and exc.code < 500:  # the pod's fault, not the webhook's or the API's
+            state.reporter.report(state.api, namespace, pod, REFUSED, [str(exc)])
         return respond(uid, denied=Status(code=exc.code, message=str(exc)))
+    if report:
+        state.reporter.report(state.api, namespace, pod, MISTAKE, mistakes)
     return respond(uid, patch=patch, warnings=warnings)
 
 
 async def _mutate(
     state: WebhookState, request: AdmissionRequest
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     started = time.perf_counter()
     pod = request.get("object")
     if request.get("operation") != "CREATE" or request["kind"]["kind"] != "Pod" or not pod:
-        return [], []
+        return [], [], []
     namespace = request.get("namespace") or pod.get("metadata", {}).get("namespace", "")
     labels, annotations = state.namespaces.get(namespace, ({}, {}))
     try:
@@ -207,29 +222,36 @@ async def _mutate(
     except mutate.DeniedError as exc:
         raise Denied(str(exc)) from None
     if isinstance(plan, mutate.Skip):
-        return [], list(plan.warnings)
+        return [], list(plan.warnings), []
     images = await _resolve_images(state, namespace, pod, plan.images)
     slot = None
     if plan.identity.needs_slot:
         slot = await choose_slot(
             state, namespace, plan.identity, dry_run=bool(request.get("dryRun"))
         )
+    gate = False
+    if state.op.scheduling_gate and plan.settings.storage_volume is None:
+        identity = plan.identity.with_slot(slot.slot) if slot is not None else plan.identity
+        gate = await claimgate.needs_gate(
+            state.api, state.owners, namespace, pod, identity.claim_name
+        )
     try:
-        mutated = mutate.build(pod, plan, images, state.op, slot=slot)
+        mutated = mutate.build(pod, plan, images, state.op, slot=slot, gate=gate)
     except EmptyArgvError as exc:
         raise Denied(f"podckpt: {exc}") from None
     patch = mutate.make_patch(pod, mutated)
     state.admitted += 1
     logger.info(
-        "injecting pod %s/%s (%s, identity %s, containers %s) in %.2f ms",
+        "injecting pod %s/%s (%s, identity %s, containers %s%s) in %.2f ms",
         namespace,
         mutated["metadata"].get("name") or mutated["metadata"].get("generateName", "?"),
         plan.mode.value,
         mutated["metadata"]["annotations"][state.op.annotation("identity")],
         ",".join(plan.containers),
+        ", waits for its volume" if gate else "",
         (time.perf_counter() - started) * 1000,
     )
-    return patch, list(plan.warnings)
+    return patch, list(plan.warnings), list(plan.mistakes)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

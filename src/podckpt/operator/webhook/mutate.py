@@ -97,6 +97,9 @@ class Plan:
     #: The namespace's keys (labels, annotations under the key prefix), handed to the agent:
     #: it cannot read the Namespace, and they are its defaults below the pod's own keys.
     namespace_keys: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})
+    #: The warnings that are the user's mistakes (unknown or ignored keys, a Pod Security
+    #: level that refuses the pod), also reported on the pod's workload.
+    mistakes: tuple[str, ...] = ()
 
 
 def _meta(pod: Mapping[str, Any], field: str) -> dict[str, str]:
@@ -210,12 +213,15 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
         " capabilities " + ", ".join(op.agent_capabilities) + " (CRIU cannot dump a process"
         " under a seccomp filter)"
     )
+    mistakes = list(settings.warnings)
     enforce = namespace.labels.get(_POD_SECURITY_ENFORCE)
     if enforce and enforce != "privileged":
-        warnings.append(
+        refusal = (
             f"podckpt: namespace {namespace.name} enforces the {enforce!r} Pod Security level,"
             " which refuses Unconfined seccomp and added capabilities; use 'privileged'"
         )
+        warnings.append(refusal)
+        mistakes.append(refusal)
     checkpointed = [by_name[name] for name in selected]
     per_gpu = gpu.pod_gpu_memory(
         spec, checkpointed, settings.gpu_memory, op.assumed_gpu_memory_bytes
@@ -251,6 +257,7 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
         tuple(raises),
         gpu_memory=per_gpu.bytes if per_gpu else 0,
         namespace_keys=namespace_keys,
+        mistakes=tuple(mistakes),
     )
 
 
@@ -294,9 +301,11 @@ def build(
     op: OperatorSettings,
     *,
     slot: SlotChoice | None = None,
+    gate: bool = False,
 ) -> Pod:
     """The rewritten pod. `images` holds the config of every image in `plan.images`; `slot`
-    (the slot and its pod name) is required for Deployment and ReplicaSet pods."""
+    (the slot and its pod name) is required for Deployment and ReplicaSet pods; `gate`: the
+    pod waits for its checkpoint volume (a scheduling gate the controller removes)."""
     new: Pod = copy.deepcopy(dict(pod))
     meta = new.setdefault("metadata", {})
     spec = new.setdefault("spec", {})
@@ -359,6 +368,8 @@ def build(
         )
 
     spec.setdefault("initContainers", []).insert(0, _bundle_init_container(op))
+    if gate and storage_volume is None:
+        spec.setdefault("schedulingGates", []).append({"name": op.gate_name})
 
     key = store_key(identity)
     pod_security: Mapping[str, Any] = spec.get("securityContext") or {}
