@@ -25,6 +25,7 @@ from pathlib import Path
 import report
 from agent_checkpoint import start
 
+from podckpt.api.contract import ExitCode
 from podckpt.devtools.rootfs import criu_rootfs
 from podckpt.devtools.sandbox import wait_for
 
@@ -80,7 +81,7 @@ def measure(rootfs: Path, mib: int, base: Path) -> dict[str, float]:
         code = box.stop(120)
         done.set()
         poller.join()
-        assert code in (0, 143), box.stderr_text()
+        assert code in (0, ExitCode.CHECKPOINTED), box.stderr_text()
     finally:
         box.destroy()
         shutil.rmtree(store, ignore_errors=True)

@@ -10,7 +10,7 @@ program bench/gpu_apps/app_torch.py, both from the reference measurement of issu
    namespace with a checkpointed pod's capabilities (a runtime's default set plus
    CHECKPOINT_RESTORE, no SYS_ADMIN: CRIU runs --unprivileged), as the reference's
    run-caps.sh ran it; the store is on disk under --work;
-2. SIGTERM to the agent: lock → GPU checkpoint → CRIU dump → commit → exit 143 (the
+2. SIGTERM to the agent: lock → GPU checkpoint → CRIU dump → commit → exit 202 (the
    "container" is gone: its namespace dies with the agent);
 3. a new agent in a new namespace restores it: CRIU restore → GPU restore → unlock; the tick
    counter (kept on the GPU) must continue, and SIGUSR1 makes the program verify its whole
@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import report
+
+from podckpt.api.contract import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "gpu_apps"
@@ -260,8 +262,11 @@ def agent_run(
         os.kill(agent, signal.SIGTERM)
         code = first.popen.wait(900)
         sigterm_to_exit = time.monotonic() - t0
-        if code != 143:
-            raise RuntimeError(f"{name}: agent exited {code}, not 143\n{first.err()[-4000:]}")
+        if code != ExitCode.CHECKPOINTED:
+            raise RuntimeError(
+                f"{name}: agent exited {code}, not {int(ExitCode.CHECKPOINTED)}\n"
+                f"{first.err()[-4000:]}"
+            )
         dump, commit = first.records("dump")[0], first.records("commit")[0]
         last = first.ticks()[-1]
     finally:
