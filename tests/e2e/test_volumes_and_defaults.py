@@ -140,7 +140,7 @@ def test_namespace_defaults_and_volumes_that_follow_their_workload(
             failed = [
                 e["message"]
                 for e in events(operator, ns, "FailedScheduling")
-                if "persistentvolumeclaim" in e["message"]
+                if "persistentvolumeclaim" in e["message"].lower()
             ]
             assert not failed, f"the scheduler looked for a missing checkpoint PVC: {failed}"
     finally:

@@ -111,7 +111,8 @@ def test_refused_and_mistaken_workload_pods_are_reported_on_the_workload(
     # mistake: each fact is still one Event
     on_set = _workload_events(kube, namespace, "StatefulSet", "bad")
     assert len([e for e in on_set if e["reason"] == "CheckpointRefused"]) == 1
-    assert len(warned) == 1
+    on_deployment = _workload_events(kube, namespace, "Deployment", "typo")
+    assert len([e for e in on_deployment if e["reason"] == "CheckpointWarning"]) == 1
 
 
 def test_a_dry_run_reports_nothing(kube: Kube, namespace: str) -> None:
