@@ -84,9 +84,7 @@ def _fresh_because(cluster: Cluster, ns: str, pod: str, cause: str, count: int =
     wait_for(f"{count} StartedFresh ({cause}) event(s) on {pod}", check, 90)
 
 
-def test_container_restarted_inside_its_pod_starts_fresh(
-    operator: Cluster, namespace: str, app_image: str
-) -> None:
+def _restarted_inside_its_pod(operator: Cluster, namespace: str, app_image: str) -> None:
     app = container(app_image)
     app["command"] = ["/bin/sh", "-c", COUNTER.replace("i=$((i+1));", HOG + "i=$((i+1));")]
     app["livenessProbe"] = {
@@ -165,7 +163,7 @@ def _replaced_fresh(cluster: Cluster, ns: str, app: str, old_uid: str, old_tags:
     return uid
 
 
-def test_new_revisions_start_fresh(operator: Cluster, namespace: str, app_image: str) -> None:
+def _new_revisions(operator: Cluster, namespace: str, app_image: str) -> None:
     apply(operator, namespace, _deployment("roll", app_image))
     apply(operator, namespace, _statefulset("upd", container(app_image)))
     first = {
@@ -193,3 +191,16 @@ def test_new_revisions_start_fresh(operator: Cluster, namespace: str, app_image:
     now = tags(logs(operator, namespace, name))
     operator.kubectl("set", "env", "-n", namespace, "deployment/roll", "VERSION=v2")
     _replaced_fresh(operator, namespace, "roll", second["roll"], now)
+
+
+def test_restarts_inside_a_pod_and_new_revisions_start_fresh(
+    operator: Cluster, namespace: str, app_image: str
+) -> None:
+    """Both scenarios at once, in one namespace (their waits overlap: CI time)."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        jobs = [
+            pool.submit(scenario, operator, namespace, app_image)
+            for scenario in (_restarted_inside_its_pod, _new_revisions)
+        ]
+        for job in jobs:
+            job.result()
