@@ -71,17 +71,23 @@ class Watcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            stream = watch.Watch()
-            for event in stream.stream(self.core.list_namespaced_pod, NAMESPACE, timeout_seconds=5):
-                now = time.monotonic()
-                pod = event["object"]
-                uid = pod.metadata.uid
-                if event["type"] == "ADDED":
-                    self.added.setdefault(uid, now)
-                if pod.spec.node_name and uid not in self.scheduled:
-                    self.scheduled[uid] = now
-                if self._stop.is_set():
-                    stream.stop()
+            try:
+                self._watch()
+            except (client.ApiException, OSError):
+                time.sleep(0.1)  # a watch restart (or the cluster going down at the end)
+
+    def _watch(self) -> None:
+        stream = watch.Watch()
+        for event in stream.stream(self.core.list_namespaced_pod, NAMESPACE, timeout_seconds=5):
+            now = time.monotonic()
+            pod = event["object"]
+            uid = pod.metadata.uid
+            if event["type"] == "ADDED":
+                self.added.setdefault(uid, now)
+            if pod.spec.node_name and uid not in self.scheduled:
+                self.scheduled[uid] = now
+            if self._stop.is_set():
+                stream.stop()
 
     def stop(self) -> None:
         self._stop.set()
@@ -158,9 +164,10 @@ def render(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "A first pod waits for its PVC either way (the provisioner binds it in seconds); with the"
-        " gate it waits as `SchedulingGated` instead of being reported as unschedulable. A"
-        " replacement pod, whose PVC is there, is not gated.",
+        "A first pod waits for its PVC either way (here the host-path provisioner binds it at once;"
+        " a cloud provisioner takes seconds); with the gate it waits as `SchedulingGated` instead"
+        " of being reported as unschedulable (about 3 `FailedScheduling` Warnings per workload"
+        " without it), and no slower. A replacement pod, whose PVC is there, is not gated.",
     ]
     return "\n".join(lines)
 
