@@ -236,7 +236,8 @@ def test_lock_timeout_is_undone_and_the_application_gets_its_sigterm(
     box = start(agent, libcuda, device, env={"PODCKPT_GPU_LOCK_TIMEOUT_S": "1.5"})
     wait_count(box, 5)
     device.fail("cuCheckpointProcessLock busy")
-    assert stop_and_wait(box) == 0
+    assert stop_and_wait(box) == exitcodes.CHECKPOINT_FAILED  # no checkpoint, app exited 0
+    assert phases(box, "exit", "not-checkpointed")[0]["app_code"] == 0
     assert "exiting 0: SIGTERM" in box.stdout_text()
     failed = phases(box, "dump", "failed")[0]
     assert "timed out after 1.5 s" in failed["error"]
@@ -331,7 +332,7 @@ def test_a_mig_instance_is_refused_in_one_line(
     device = StandinGpu(tmp_path / "mig", [("NVIDIA A100-SXM4-40GB MIG 1g.5gb", 1)])
     box = start(agent, libcuda, device)
     wait_count(box, 3)
-    assert stop_and_wait(box) == 0
+    assert stop_and_wait(box) == exitcodes.CHECKPOINT_FAILED  # refused: no checkpoint
     assert "exiting 0: SIGTERM" in box.stdout_text()
     assert "MIG" in phases(box, "dump", "failed")[0]["error"]
     assert device.steps() == []

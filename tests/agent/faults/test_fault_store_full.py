@@ -19,6 +19,7 @@ import pytest
 from agent_harness import AgentHarness, phases, stop_and_wait, wait_count
 from faultkit import FAULT_ENTRY, Tally, committed_intact, keyed_env, no_traceback
 
+from podckpt.agent.exitcodes import CHECKPOINT_FAILED
 from podckpt.devtools.sandbox import wait_for
 
 pytestmark = pytest.mark.criu
@@ -57,7 +58,9 @@ def test_store_full_during_the_final_checkpoint(
         try:
             wait_count(box, 5)
             kept = agent.checkpoint(box)
-            assert stop_and_wait(box) == 0, "the application got its SIGTERM and exited"
+            # the application got its SIGTERM and exited 0; the agent says: no checkpoint
+            assert stop_and_wait(box) == CHECKPOINT_FAILED
+            assert phases(box, "exit", "not-checkpointed")[0]["app_code"] == 0
             assert "exiting 0: SIGTERM" in box.stdout_text()
             no_traceback(box)
             (failed,) = phases(box, "dump", "failed")
