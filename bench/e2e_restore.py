@@ -13,7 +13,14 @@ committed); the restored program goes on printing. Measured:
   admission, scheduling, volume mount, the bundle init container, container start);
 - checkpoint size: the `commit` line's bytes.
 
-    .venv/bin/python bench/e2e_restore.py [--sizes 100,1024] [--runs 3] [--no-write]
+With ``--across`` it writes the "Across nodes" section instead: a two-node cluster; each run
+either drains the node the pod runs on (`kubectl drain --pod-selector`: cordon + Eviction API)
+so that the pod comes back on the other node, or - side by side, alternating, in the same
+cluster - evicts the pod through the Eviction API with the other node cordoned, so that it
+comes back on the same node. Downtime runs from the drain (eviction) call to the restored
+program's first tick.
+
+    .venv/bin/python bench/e2e_restore.py [--sizes 100,1024] [--runs 3] [--across] [--no-write]
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from podckpt.devtools.cluster.cluster import Cluster
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- e2e:begin -->", "<!-- e2e:end -->"
+ACROSS_BEGIN, ACROSS_END = "<!-- across:begin -->", "<!-- across:end -->"
 P = "memverge.ai/"
 
 MEMHOG = r"""
@@ -133,7 +141,42 @@ def _wait(what: str, check: Any, timeout: float) -> Any:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def _cycle(cluster: Cluster, ns: str) -> dict[str, float]:
+def _node_of_running(cluster: Cluster, ns: str) -> str:
+    _wait("hog-0 running", lambda: _pod_uid(cluster, ns), 300)
+    return cluster.node_of(ns, "hog-0")
+
+
+def _delete(cluster: Cluster, ns: str) -> subprocess.Popen[str] | None:
+    cluster.kubectl("delete", "pod", "-n", ns, "hog-0", "--wait=false")
+    return None
+
+
+def _drain(cluster: Cluster, ns: str) -> subprocess.Popen[str]:
+    """`kubectl drain` of hog-0's node, for hog-0 only (the other pods on the node, the
+    operator's among them, stay: their moves would be part of another measurement)."""
+    node = cluster.node_of(ns, "hog-0")
+    return subprocess.Popen(
+        [str(cluster.bin_dir / "kubectl"), "drain", node, "--pod-selector=app=hog",
+         "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=600s"],
+        env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _evict(cluster: Cluster, ns: str) -> subprocess.Popen[str] | None:
+    """What `kubectl drain` does to the pod (Eviction API), without cordoning its node."""
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": "hog-0", "namespace": ns},
+    }
+    cluster.kubectl(
+        "create", "--raw", f"/api/v1/namespaces/{ns}/pods/hog-0/eviction", "-f", "-",
+        input=json.dumps(eviction),
+    )  # fmt: skip
+    return None
+
+
+def _cycle(cluster: Cluster, ns: str, disrupt: Any = _delete) -> dict[str, float]:
     old_uid = _wait("hog-0 running", lambda: _pod_uid(cluster, ns), 300)
     _wait("ticks", lambda: _ticks(cluster.kubectl("logs", "-n", ns, "hog-0").stdout), 120)
     follow = subprocess.Popen(
@@ -145,7 +188,7 @@ def _cycle(cluster: Cluster, ns: str) -> dict[str, float]:
     )
     time.sleep(1.0)
     t0 = time.time()
-    cluster.kubectl("delete", "pod", "-n", ns, "hog-0", "--wait=false")
+    background = disrupt(cluster, ns)
     old_text, _ = follow.communicate(timeout=600)
     new_uid = _wait(
         "the new hog-0", lambda: (u := _pod_uid(cluster, ns)) and u != old_uid and u, 600
@@ -156,6 +199,8 @@ def _cycle(cluster: Cluster, ns: str) -> dict[str, float]:
         return _ticks(cluster.kubectl("logs", "-n", ns, "hog-0", check=False).stdout)
 
     ticks = _wait("the restored program's first tick", first_tick, 300)
+    if background is not None and background.wait(timeout=600) != 0:
+        raise RuntimeError(f"kubectl drain failed: {background.communicate()[1]}")
     new_text = cluster.kubectl("logs", "-n", ns, "hog-0").stdout
     old = {r["phase"]: r for r in _agent_lines(old_text)}
     new = {r["phase"]: r for r in _agent_lines(new_text)}
@@ -188,12 +233,133 @@ def _fmt(values: list[float], digits: int = 2) -> str:
     )
 
 
+def _across_runs(cluster: Cluster, ns: str, runs: int) -> dict[str, list[dict[str, float]]]:
+    """``runs`` one-node evictions and ``runs`` cross-node drains, alternating."""
+    out: dict[str, list[dict[str, float]]] = {"one": [], "across": []}
+    for i in range(runs):
+        for mode in ("one", "across"):
+            source = _node_of_running(cluster, ns)
+            others = [n for n in cluster.node_names if n != source]
+            if mode == "one":
+                for n in others:
+                    cluster.kubectl("cordon", n)
+            try:
+                r = _cycle(cluster, ns, _evict if mode == "one" else _drain)
+            finally:
+                for n in cluster.node_names:
+                    cluster.kubectl("uncordon", n)
+            target = cluster.node_of(ns, "hog-0")
+            if (target == source) != (mode == "one"):
+                raise RuntimeError(f"{mode}: hog-0 went from {source} to {target}")
+            out[mode].append(r)
+            print(f"run {i + 1} {mode} {source}->{target}: {json.dumps(r)}", file=sys.stderr)
+    return out
+
+
+def _across_section(
+    results: dict[int, dict[str, list[dict[str, float]]]],
+    args: argparse.Namespace,
+    load: tuple[float, float],
+) -> str:
+    def med(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    def ours(r: dict[str, float]) -> float:
+        return r["dump_s"] + r["commit_s"] + r["criu_restore_s"] + r["agent_restore_s"]
+
+    lines = [
+        ACROSS_BEGIN,
+        "## Across nodes",
+        "",
+        f"Machine: {os.cpu_count()} cores, {platform.release()}; load average "
+        f"{load[0]:.1f} before, {load[1]:.1f} after (the 2 cores are shared with other "
+        f"work). Command: `.venv/bin/python bench/e2e_restore.py --across --sizes {args.sizes} "
+        f"--runs {args.runs}`. The local cluster with two nodes (`hack/cluster.sh up --nodes 2`: "
+        "one control plane, each node its own kubelet, containerd, bridge and cgroup root) "
+        "and the operator installed in it; a StatefulSet of one replica (static C program, N "
+        "MiB touched, ticks every 100 ms); its checkpoint volume is the default StorageClass's "
+        "(hostpath provisioner: a host directory both nodes mount, standing for network "
+        "storage; no attach step). Alternating in one run: **across** = `kubectl drain "
+        "<node> --pod-selector=app=hog` (cordon + Eviction API), the pod comes back on the "
+        "other node; **one node** = the same eviction through the Eviction API with the other "
+        "node cordoned, the pod comes back on its node. Downtime: the drain (eviction) call → "
+        "the restored program's first tick. Seconds: median (min, max) of "
+        f"{args.runs} runs each.",
+        "",
+        "| memory | one node: evicted → running again | across: drained → running again on "
+        "the other node | across minus one node (target ≤ 1.5 s) | ours: CRIU dump + commit + "
+        "restore + agent (one / across) | Kubernetes (one / across) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mib, by_mode in results.items():
+        one, across = by_mode["one"], by_mode["across"]
+        diff = med(across, "downtime_s") - med(one, "downtime_s")
+        lines.append(
+            f"| {mib} MiB | {_fmt([r['downtime_s'] for r in one])} s "
+            f"| {_fmt([r['downtime_s'] for r in across])} s "
+            f"| {diff:+.2f} s "
+            f"| {statistics.median(ours(r) for r in one):.2f} / "
+            f"{statistics.median(ours(r) for r in across):.2f} s "
+            f"| {med(one, 'kubernetes_s'):.2f} / {med(across, 'kubernetes_s'):.2f} s |"
+        )
+    lines += [
+        "",
+        "Kubernetes' share is the downtime minus the agent's phases: the eviction (graceful "
+        "deletion), the old pod's removal once its containers exit, the StatefulSet controller "
+        "recreating the pod, admission by the webhook, scheduling (onto the other node when "
+        "its own is cordoned), mounting the volumes (no attach: the volume is a host "
+        "directory), the bundle init container and the container start. Ours is the same "
+        "work on either node: the checkpoint is written to and read from the same volume.",
+        ACROSS_END,
+    ]
+    return "\n".join(lines)
+
+
+def _write_section(section: str, begin: str, end: str) -> None:
+    text = DOC.read_text()
+    if begin in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.write_text(text)
+
+
+def main_across(args: argparse.Namespace) -> int:
+    load_before = os.getloadavg()[0]
+    results: dict[int, dict[str, list[dict[str, float]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="podckpt-bench-across-") as tmp:
+        work = Path(tmp)
+        cluster = Cluster(work / "cluster", name="bench-across")
+        try:
+            cluster.up_apiserver()
+            cluster.up_node(nodes=2)
+            operator_install.install(cluster, work=work / "images")
+            image = cluster.load_image(_memhog(work), "podckpt.local/memhog:1", push=False)
+            for mib in (int(s) for s in args.sizes.split(",")):
+                ns = cluster.create_namespace(f"bench-{mib}")
+                cluster.kubectl(
+                    "apply", "-n", ns, "-f", "-", input=json.dumps(_statefulset(image, mib))
+                )
+                results[mib] = _across_runs(cluster, ns, args.runs)
+                cluster.kubectl("delete", "namespace", ns, "--wait=false")
+        finally:
+            cluster.down()
+    section = _across_section(results, args, (load_before, os.getloadavg()[0]))
+    print(section)
+    if not args.no_write:
+        _write_section(section, ACROSS_BEGIN, ACROSS_END)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="100", help="MiB of application memory, comma list")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--across", action="store_true", help="the Across nodes section")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    if args.across:
+        return main_across(args)
     load_before = os.getloadavg()[0]
     results: dict[int, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="podckpt-bench-e2e-") as tmp:
@@ -254,12 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        text = DOC.read_text()
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text)
+        _write_section(section, BEGIN, END)
     return 0
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The README's main job, on a real cluster: starts the local single-node Kubernetes
-# (hack/cluster.sh up), installs the podckpt operator in it from config/, runs a StatefulSet
-# whose pod template is labelled memverge.ai/checkpoint-mode=true, deletes its pod and shows
-# the new pod carrying on where the old one stopped. The cluster stays up afterwards.
+# The README's main job, on a real cluster: starts the local two-node Kubernetes
+# (hack/cluster.sh up --nodes 2), installs the podckpt operator in it from config/, runs a
+# StatefulSet whose pod template is labelled memverge.ai/checkpoint-mode=true, drains the node
+# its pod runs on (kubectl drain) and shows the new pod carrying on on the other node where the
+# old one stopped: from which node to which, the downtime, the Events of the old and the new
+# pod in order. The node is uncordoned afterwards; the cluster stays up.
 #
 #   hack/demo.sh            the cluster demo
 #   hack/demo.sh down       tear it all down (cluster, operator, demo)
@@ -26,7 +28,7 @@ case "${1:-}" in
         ;;
     "")
         hack/setup.sh
-        hack/cluster.sh up
+        hack/cluster.sh up --nodes 2
         exec .venv/bin/python -m podckpt.devtools.cluster_demo
         ;;
     *)

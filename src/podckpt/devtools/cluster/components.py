@@ -73,6 +73,18 @@ class Process:
                 return
             time.sleep(0.05)
 
+    def wait_dead(self, timeout: float = 5.0) -> bool:
+        """Wait (signalling nothing) until the process is gone, reaping it if it is our
+        child; True if it is gone."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _reap(self.pid)
+            if not self.alive():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the component's log, for error messages."""
         try:

@@ -1,9 +1,15 @@
-"""pytest fixtures for the cluster tiers: ``apiserver_cluster`` and ``node_cluster``.
+"""pytest fixtures for the cluster tiers: ``apiserver_cluster``, ``node_cluster`` and
+``multinode_cluster`` (with ``nodes``, per test).
 
-Both are session-scoped and share one control plane: the node tier is started on top of the
-apiserver tier the session already runs. Both return a `Cluster` (kubeconfig, env,
+All are session-scoped and share one control plane: the node tier is started on top of the
+apiserver tier the session already runs, and the second node is added to the node tier the
+session already runs (only the node: ~10 s). All return a `Cluster` (kubeconfig, env,
 api_client(), kubectl(), logs_dir, token_kubeconfig(); for the node tier also load_image(),
-registry, push_image()).
+registry, push_image(); with several nodes node_names, node_of(), stop_node(), kill_node(),
+start_node()).
+
+Tests marked ``multinode`` run after all others: once the second node is there, pods may be
+scheduled on either node, and the tests before them were written for one.
 
 Outside CI a missing prerequisite (not root, no etcd, no Go...) skips with the reason; with
 ``CI=true`` it fails, because CI must really run these tests. Teardown always stops every
@@ -32,8 +38,10 @@ from podckpt.devtools.cluster.cluster import (
     check_prerequisites,
 )
 from podckpt.devtools.cluster.errors import ClusterError, PrerequisiteError
+from podckpt.devtools.cluster.state import NODE_UP
 
-_CLUSTER_MARKERS = ("apiserver", "node")
+_CLUSTER_MARKERS = ("apiserver", "node", "multinode")
+MULTINODE_NODES = 2
 _failed = pytest.StashKey[bool]()
 _build_error = pytest.StashKey[ClusterError]()
 _kept_logs = pytest.StashKey[list[str]]()
@@ -52,8 +60,10 @@ def _unavailable(reason: str) -> NoReturn:
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Build the Kubernetes binaries before any test runs if a cluster test is selected."""
+    """Run the multinode tests last; build the Kubernetes binaries before any test runs if a
+    cluster test is selected."""
     del session
+    items.sort(key=_is_multinode)  # stable: the order otherwise stays
     if not any(_needs_cluster(item) for item in items):
         return
     if cached() is not None or os.geteuid() != 0:
@@ -71,11 +81,17 @@ def pytest_collection_modifyitems(
 
 
 def _needs_cluster(item: pytest.Item) -> bool:
-    """Marked ``apiserver``/``node``, or using a cluster fixture (even if unmarked)."""
+    """Marked ``apiserver``/``node``/``multinode``, or using a cluster fixture (even if
+    unmarked)."""
     if any(item.get_closest_marker(m) for m in _CLUSTER_MARKERS):
         return True
     names = getattr(item, "fixturenames", ())
-    return "apiserver_cluster" in names or "node_cluster" in names
+    return bool({"apiserver_cluster", "node_cluster", "multinode_cluster"} & set(names))
+
+
+def _is_multinode(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return item.get_closest_marker("multinode") is not None or "multinode_cluster" in names
 
 
 @pytest.hookimpl(wrapper=True)
@@ -151,3 +167,35 @@ def node_cluster(apiserver_cluster: Cluster, request: pytest.FixtureRequest) -> 
     on the session's apiserver tier; torn down with it."""
     del apiserver_cluster
     return _cluster(request, TIER_NODE)
+
+
+@pytest.fixture(scope="session")
+def multinode_cluster(node_cluster: Cluster, request: pytest.FixtureRequest) -> Cluster:
+    """The node cluster grown to two nodes (``podckpt-node`` and ``podckpt-node-2``), each its
+    own kubelet, containerd, bridge and node IP, on the session's control plane; images loaded
+    before are imported into the new node. Torn down with the session. Use ``nodes`` in each
+    test, so a node a test stopped or killed is back for the next one."""
+    try:
+        node_cluster.add_nodes(MULTINODE_NODES)
+    except ClusterError as e:
+        request.config.stash[_failed] = True
+        pytest.fail(f"the second node did not start: {e}\n(logs: {node_cluster.logs_dir})")
+    return node_cluster
+
+
+@pytest.fixture
+def nodes(multinode_cluster: Cluster) -> Generator[Cluster]:
+    """The two-node cluster, every node up, Ready and schedulable when the test starts and
+    again after it (nodes stopped or killed by the test are started; cordons are lifted)."""
+    _restore_nodes(multinode_cluster)
+    yield multinode_cluster
+    _restore_nodes(multinode_cluster)
+
+
+def _restore_nodes(c: Cluster) -> None:
+    c.reload()  # a test may have used the CLI (another process) on the cluster
+    for n in c.state.nodes:
+        if n.status != NODE_UP:
+            c.start_node(n.name)
+    for name in c.node_names:
+        c.kubectl("uncordon", name)

@@ -1,10 +1,12 @@
-"""Container images without a registry: rootfs directory or static binary -> OCI image.
+"""Container images without a registry to pull from: OCI layouts imported into every node.
 
-There is no registry to pull from, so images are made locally: `umoci` packs a directory into
-an OCI image layout, and `ctr images import` puts it into the node's containerd (pods then use
-`imagePullPolicy: Never` or `IfNotPresent`). The pause image is a 20-line static C program.
-For code that reads image configs from a registry, the same layouts are pushed with `skopeo`
-into a real local registry (Debian's docker-registry) on 127.0.0.1.
+Images are made locally: `umoci` packs a directory (or a static binary) into an OCI image
+layout, `skopeo` turns a user's OCI layout or archive (`oci-archive`, `docker-archive`) into
+one, and `ctr images import` puts it into each node's containerd (pods then use
+`imagePullPolicy: Never` or `IfNotPresent`). Every layout loaded is recorded in the cluster's
+state, so a node added later (or one that was down) gets it too. The pause image is a 20-line
+static C program. For code that reads image configs from a registry, the same layouts are
+pushed with `skopeo` into a real local registry (Debian's docker-registry) on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from podckpt.devtools.cluster import node
+from podckpt.devtools.cluster import components, containerd
 from podckpt.devtools.cluster.binaries import cache_root
 from podckpt.devtools.cluster.errors import ClusterError, PrerequisiteError
+from podckpt.devtools.cluster.state import NODE_UP, ClusterBase, NodeState
 
 PAUSE_REF = "podckpt.local/pause:3.10"
 
@@ -100,7 +103,9 @@ def build_layout(
     """Make an OCI image layout at ``dest`` holding ``ref``'s tag.
 
     ``source`` is a root filesystem directory, a static binary (becomes ``/<name>`` and the
-    default entrypoint), or an existing OCI layout (re-tagged as ``ref``).
+    default entrypoint), an existing OCI layout, or an image archive (``oci-archive`` or
+    ``docker-archive``, e.g. from `skopeo copy`, `buildah push` or `docker save`); layouts and
+    archives are re-tagged as ``ref`` and must hold exactly one image.
     """
     _, tag = split_ref(ref)
     if dest.exists():
@@ -111,6 +116,17 @@ def build_layout(
         _run(
             ["skopeo", "copy", "--quiet", f"oci:{source}:{src_tag}", f"oci:{dest}:{tag}"],
             "copy OCI layout",
+        )
+    elif source.is_file() and tarfile.is_tarfile(source):
+        _run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                f"{_archive_transport(source)}:{source}",
+                f"oci:{dest}:{tag}",
+            ],
+            f"copy image archive {source}",
         )
     else:
         with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +153,20 @@ def build_layout(
         _run(config, "set image config")
     _annotate(dest, ref, tag)
     return dest
+
+
+def _archive_transport(archive: Path) -> str:
+    """skopeo's transport for a tar archive: an OCI layout in a tar, or `docker save`'s."""
+    with tarfile.open(archive) as tar:
+        names = {n.lstrip("./") for n in tar.getnames()}
+    if "oci-layout" in names:
+        return "oci-archive"
+    if "manifest.json" in names:
+        return "docker-archive"
+    raise ClusterError(
+        f"{archive} is a tar archive but neither an OCI layout (no oci-layout file) nor "
+        "`docker save` output (no manifest.json)"
+    )
 
 
 def _arch() -> str:
@@ -167,31 +197,64 @@ def _annotate(layout: Path, ref: str, tag: str) -> None:
     index_path.write_text(json.dumps(index))
 
 
-def import_layout(state: Path, layout: Path) -> None:
-    """Import an OCI layout into the node's containerd (k8s.io namespace), unpacked."""
-    with tempfile.NamedTemporaryFile(suffix=".tar", dir=state) as tmp:
+def import_layout(node_dir: Path, layout: Path) -> None:
+    """Import an OCI layout into a node's containerd (k8s.io namespace), unpacked."""
+    with tempfile.NamedTemporaryFile(suffix=".tar", dir=node_dir) as tmp:
         with tarfile.open(tmp.name, "w") as tar:
             for entry in sorted(layout.iterdir()):
                 tar.add(entry, arcname=entry.name)
-        node.ctr(state, "images", "import", "--no-unpack=false", tmp.name)
+        containerd.ctr(node_dir, "images", "import", "--no-unpack=false", tmp.name)
 
 
-def load_image(
-    state: Path,
-    source: Path,
-    ref: str,
-    *,
-    entrypoint: list[str] | None = None,
-    cmd: list[str] | None = None,
-) -> Path:
-    """rootfs dir / static binary / OCI layout -> image ``ref`` in the node's containerd.
+def layout_dir(state_dir: Path, ref: str) -> Path:
+    """Where the layout of ``ref`` is kept (it is imported again into nodes added later)."""
+    return state_dir / "images" / re.sub(r"[^\w.-]+", "_", ref)
 
-    Returns the OCI layout (kept under the state dir, reusable for `push`).
-    """
-    safe = re.sub(r"[^\w.-]+", "_", ref)
-    layout = build_layout(source, ref, state / "images" / safe, entrypoint=entrypoint, cmd=cmd)
-    import_layout(state, layout)
-    return layout
+
+def load(c: ClusterBase, layout: Path, ref: str) -> None:
+    """Import ``layout`` (holding ``ref``) into every running node, and record it for the
+    nodes that are down or added later."""
+    c.state.images[ref] = str(layout)
+    for node in c.state.nodes:
+        if node.status == NODE_UP:
+            import_layout(node.path, layout)
+            node.images = sorted({*node.images, ref})
+        else:  # it may hold an older image of that name: import again when it starts
+            node.images = [i for i in node.images if i != ref]
+    c.save()
+
+
+def import_missing(c: ClusterBase, node: NodeState) -> None:
+    """Import into ``node`` the recorded images it does not have yet (pause image first)."""
+    for ref, layout in c.state.images.items():
+        if ref not in node.images:
+            import_layout(node.path, Path(layout))
+            node.images = sorted({*node.images, ref})
+    c.save()
+
+
+def normalize_ref(ref: str) -> str:
+    """The name the CRI gives ``ref``: ``myapp:1`` -> ``docker.io/library/myapp:1``,
+    ``me/app`` -> ``docker.io/me/app:latest``; names with a registry host stay as they are.
+    containerd finds a pod's image only under this name."""
+    repo, tag = split_ref(ref)
+    first = repo.split("/")[0]
+    if "/" not in repo:
+        repo = f"docker.io/library/{repo}"
+    elif not ("." in first or ":" in first or first == "localhost"):
+        repo = f"docker.io/{repo}"
+    return f"{repo}:{tag}"
+
+
+def start_registry(c: ClusterBase) -> None:
+    """Debian's docker-registry on 127.0.0.1 with its storage in the state dir."""
+    cfg = registry_config(c.state_dir, c.state.ports["registry"])
+    proc = c.started(
+        components.start("registry", ["docker-registry", "serve", str(cfg)], c.logs_dir)
+    )
+    components.wait_until(
+        "registry /v2/", lambda: components.http_ok(f"http://{c.registry}/v2/"), 20, proc
+    )
 
 
 def push(layout: Path, registry: str, ref: str) -> str:

@@ -1,421 +1,253 @@
-"""The node: CNI bridge, containerd and kubelet, each confined to the cluster's state dir.
+"""A node's life: added, started, stopped gracefully, killed, started again, removed.
 
-Choices, each forced by this machine (TEST-CLUSTER.md) or by "leave the host as found":
-- The node IP is the gateway address of a bridge we create. The kubelet refuses loopback as
-  its node IP and the host's own address is not ours to use; the bridge address is local, so
-  the apiserver reaches the kubelet there, and so do pods.
-- containerd gets its own root, state, socket and runc root, `restrict_oom_score_adj` (no
-  CAP_SYS_RESOURCE in this VM) and the pause image we build, so no registry is needed.
-- The kubelet uses cgroupfs under its own cgroup root (`/podckpt-<name>`), `failCgroupV1:
-  false` (cgroup v1 hosts), `failSwapOn: false`, its own root dir and pod-log dir, and
-  `seccompDefault: false` so `Unconfined` and added capabilities (CHECKPOINT_RESTORE,
-  SYS_PTRACE, SYS_ADMIN...) are simply not forbidden for checkpointed containers.
-- Teardown does not rely on the kubelet: it kills the containers through containerd, then
-  removes whatever is left that is provably ours (runc root, shims bound to our socket,
-  network namespaces of our sandboxes, mounts under the state dir, our cgroups, the bridge).
+A node is a kubelet, a containerd and a logind stand-in, with its own state directory
+(``<state>/nodes/<name>/``: containerd root and state, kubelet root dir, pod logs, CNI state),
+bridge and node IP, pod subnet, cgroup root and ports. Several nodes share the machine, the
+control plane and the local registry (see `network`, `containerd` and `kubelet` for what each
+part keeps apart, and what the kubelet insists on sharing).
+
+- `stop` is a graceful node shutdown as the kubelet knows it: logind announces
+  PrepareForShutdown, the kubelet stops its pods within its shutdownGracePeriod (they end
+  Failed with reason Terminated) and releases its inhibitor lock; then the machine "powers
+  off": kubelet, containerd and logind get SIGTERM.
+- `kill` is a machine that dies: SIGKILL to the kubelet, containerd, logind, the shims bound
+  to the node's containerd socket and every process in the node's cgroup tree, all of them
+  found before the first signal; nothing gets a SIGTERM. The node's mounts and files stay
+  as a dead machine's disk would.
+- `start` brings a stopped or killed node back as a reboot would: what lives on tmpfs on a
+  real machine (containerd's state and runc root, mounts, network namespaces, cgroups, CNI
+  IP allocations) is cleared; containerd's root (images) and the kubelet's root dir stay.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
-import subprocess
+import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from podckpt.devtools.cluster.components import proc_start_time
+from podckpt.devtools.cluster import components, containerd, host, images, kubelet, network
+from podckpt.devtools.cluster.components import Process
 from podckpt.devtools.cluster.errors import ClusterError
+from podckpt.devtools.cluster.state import (
+    NODE_KILLED,
+    NODE_STOPPED,
+    NODE_UP,
+    ClusterBase,
+    NodeState,
+    node_name,
+)
 
-CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
-CGROUP_V1 = Path("/sys/fs/cgroup")
+COMPONENTS = ("kubelet", "containerd", "logind")
 
 
-def cni_bin_dir() -> Path:
-    """Where Debian's containernetworking-plugins put the bridge/host-local/loopback plugins."""
-    for d in CNI_BIN_DIRS:
-        if (Path(d) / "bridge").exists():
-            return Path(d)
-    raise ClusterError(
-        "CNI plugins are missing; run hack/setup.sh (Debian package containernetworking-plugins)"
+def plan(c: ClusterBase, index: int) -> NodeState:
+    """A new node's names, addresses, ports and directories (nothing is created yet)."""
+    name = node_name(index)
+    # The first node keeps the one-node cluster's bridge and subnet (keyed by state dir).
+    key = c.state_dir.as_posix() if index == 1 else f"{c.state_dir.as_posix()}#{name}"
+    taken = [ipaddress.IPv4Network(n.pod_subnet) for n in c.state.nodes]
+    subnet = network.pick_pod_subnet(key, taken)
+    bridge = network.bridge_name(key)
+    return NodeState(
+        name=name,
+        index=index,
+        dir=str(c.state_dir / "nodes" / name),
+        ip=str(next(subnet.hosts())),
+        bridge=bridge,
+        network=f"podckpt-{bridge}",
+        pod_subnet=str(subnet),
+        cgroup_root=f"/podckpt-{bridge}",
+        ports={"kubelet": components.free_port(), "kubelet-healthz": components.free_port()},
     )
 
 
-def bridge_name(cluster_name: str) -> str:
-    """A per-cluster bridge name within Linux's 15-character limit."""
-    return "pck-" + hashlib.sha256(cluster_name.encode()).hexdigest()[:8]
+def setup_network(node: NodeState) -> None:
+    """The node's bridge (its IP) and CNI config."""
+    subnet = ipaddress.IPv4Network(node.pod_subnet)
+    node.path.mkdir(parents=True, exist_ok=True)
+    network.create_bridge(node.bridge, node.ip, subnet.prefixlen)
+    cni = node.path / "cni"
+    network.write_cni_config(cni / "net.d", cni / "ipam", node.network, node.bridge, subnet)
 
 
-def pick_pod_subnet(cluster_name: str) -> ipaddress.IPv4Network:
-    """A /24 in 10.244.0.0/16 that no route on the host uses yet (stable per cluster name)."""
-    used = []
-    out = subprocess.run(
-        ["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True, check=False
-    ).stdout
-    for line in out.splitlines():
-        first = line.split()[0] if line.split() else ""
-        if first in ("local", "broadcast"):
-            first = line.split()[1]
-        with contextlib.suppress(ValueError):
-            used.append(ipaddress.ip_network(first, strict=False))
-    start = int(hashlib.sha256(cluster_name.encode()).hexdigest(), 16) % 250
-    for i in range(250):
-        net = ipaddress.IPv4Network(f"10.244.{(start + i) % 250 + 1}.0/24")
-        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
-            return net
-    raise ClusterError("no free /24 in 10.244.0.0/16 for the pod network")
+def launch(c: ClusterBase, node: NodeState, bin_dir: Path) -> None:
+    """Start logind, containerd (with every recorded image) and the kubelet; the caller waits
+    for Ready (`kubelet.wait_ready`), so that several nodes come up in parallel."""
+    setup_network(node)
+    _start_logind(c, node)
+    containerd.start(c, node, images.PAUSE_REF)
+    images.import_missing(c, node)
+    host.create_cgroup_root(node.cgroup_root)
+    kubelet.start(c, node, bin_dir)
+    node.status = NODE_UP
+    c.save()
 
 
-def create_bridge(name: str, gateway: str, prefixlen: int) -> None:
-    """Create the pod bridge with the node IP (idempotent)."""
-    if not Path(f"/sys/class/net/{name}").exists():
-        _ip("link", "add", "name", name, "type", "bridge")
-    existing = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show", "dev", name], capture_output=True, text=True, check=False
-    ).stdout
-    if f" {gateway}/" not in existing:
-        _ip("addr", "add", f"{gateway}/{prefixlen}", "dev", name)
-    _ip("link", "set", name, "up")
+def _start_logind(c: ClusterBase, node: NodeState) -> Process:
+    sock = node.path / "logind.sock"
+    argv = [sys.executable, "-m", "podckpt.devtools.cluster.logind", str(sock)]
+    argv += [str(_logind_status_file(node)), str(c.state.timeouts.shutdown_grace_s + 30)]
+    _logind_status_file(node).unlink(missing_ok=True)
+    proc = c.started(components.start(node.process_name("logind"), argv, c.logs_dir))
+    components.wait_until(
+        f"logind of {node.name}", lambda: _logind_status(node) is not None, 10, proc
+    )
+    return proc
 
 
-def delete_bridge(name: str) -> None:
-    """Remove the pod bridge if it exists."""
-    if Path(f"/sys/class/net/{name}").exists():
-        subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+def _logind_status_file(node: NodeState) -> Path:
+    return node.path / "logind.json"
 
 
-def _ip(*args: str) -> None:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ClusterError(f"`ip {' '.join(args)}` failed: {proc.stderr.strip()}")
+def _logind_status(node: NodeState) -> dict[str, object] | None:
+    try:
+        status: dict[str, object] = json.loads(_logind_status_file(node).read_text())
+    except (OSError, ValueError):
+        return None
+    return status
 
 
-def write_cni_config(
-    conf_dir: Path, ipam_dir: Path, network: str, bridge: str, subnet: ipaddress.IPv4Network
-) -> None:
-    """A bridge + host-local conflist. No masquerade and no port maps: nothing is written to
-    the host's iptables, and pods only need to reach each other and the node."""
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    ipam_dir.mkdir(parents=True, exist_ok=True)
-    gateway = str(next(subnet.hosts()))
-    conflist = {
-        "cniVersion": "0.4.0",
-        "name": network,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipMasq": False,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "dataDir": str(ipam_dir),
-                    "ranges": [[{"subnet": str(subnet), "gateway": gateway}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                },
-            },
-            {"type": "loopback"},
-        ],
-    }
-    (conf_dir / "10-podckpt.conflist").write_text(json.dumps(conflist, indent=2))
+def node_processes(c: ClusterBase, node: NodeState) -> list[Process]:
+    """The node's recorded processes that are still alive."""
+    procs = [c.process(node.process_name(x)) for x in COMPONENTS]
+    return [p for p in procs if p is not None and p.alive()]
 
 
-def containerd_config(
-    state: Path, sandbox_image: str, registry: str | None, cni_conf_dir: Path
-) -> Path:
-    """containerd 1.6 config (version 2) confined to ``state``."""
-    d = state / "containerd"
-    d.mkdir(parents=True, exist_ok=True)
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    lines = [
-        "version = 2",
-        f'root = "{d / "root"}"',
-        f'state = "{d / "state"}"',
-        'disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", '
-        '"io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", '
-        '"io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]',
-        "[grpc]",
-        f'  address = "{d / "containerd.sock"}"',
-        "[ttrpc]",
-        f'  address = "{d / "containerd.sock.ttrpc"}"',
-        '[plugins."io.containerd.internal.v1.opt"]',
-        f'  path = "{d / "opt"}"',
-        f"[{cri}]",
-        f'  sandbox_image = "{sandbox_image}"',
-        "  restrict_oom_score_adj = true",
-        '  stream_server_address = "127.0.0.1"',
-        '  stream_server_port = "0"',
-        "  enable_selinux = false",
-        "  netns_mounts_under_state_dir = true",
-        f"[{cri}.containerd]",
-        '  snapshotter = "overlayfs"',
-        '  default_runtime_name = "runc"',
-        f"[{cri}.containerd.runtimes.runc]",
-        '  runtime_type = "io.containerd.runc.v2"',
-        f"[{cri}.containerd.runtimes.runc.options]",
-        "  SystemdCgroup = false",
-        f'  Root = "{d / "runc"}"',
-        f"[{cri}.cni]",
-        f'  bin_dir = "{cni_bin_dir()}"',
-        f'  conf_dir = "{cni_conf_dir}"',
-        "  max_conf_num = 1",
+def stop(c: ClusterBase, node: NodeState) -> dict[str, float]:
+    """Graceful node shutdown (see the module docstring); returns how long each step took.
+
+    Fails (and leaves the node running) when the kubelet holds no inhibitor lock, i.e. its
+    graceful shutdown is not armed: stopping then would be a kill, not a shutdown.
+    """
+    if node.status != NODE_UP:
+        raise ClusterError(f"node {node.name} is {node.status}, not up")
+    logind = c.process(node.process_name("logind"))
+    status = _logind_status(node)
+    if logind is None or not logind.alive() or not status or not status.get("inhibitors"):
+        raise ClusterError(
+            f"the kubelet of {node.name} holds no shutdown inhibitor lock (graceful node "
+            f"shutdown is not armed; see {c.logs_dir / (node.process_name('kubelet') + '.log')})"
+        )
+    t0 = time.monotonic()
+    os.kill(logind.pid, signal.SIGUSR1)
+    grace = c.state.timeouts.shutdown_grace_s
+    components.wait_until(
+        f"the kubelet of {node.name} to finish its graceful shutdown",
+        lambda: not (_logind_status(node) or {}).get("inhibitors"),
+        grace + 30,
+        c.process(node.process_name("kubelet")),
+        interval=0.2,
+    )
+    took = {"kubelet_shutdown_s": time.monotonic() - t0}
+    # The kubelet reports its pods' final status (Failed) asynchronously: let it, as the
+    # seconds between logind's last inhibitor and the power-off would.
+    with contextlib.suppress(ClusterError):
+        components.wait_until(
+            f"the pods of {node.name} to be reported terminated",
+            lambda: not _active_pods(c, node.name),
+            15,
+            interval=0.3,
+        )
+    for proc in [p for p in (c.process(node.process_name(x)) for x in COMPONENTS) if p]:
+        proc.stop(timeout=10)
+        c.forget(proc.name)
+    # What a machine's final SIGTERM/SIGKILL round would get: nothing, normally.
+    host.kill_cgroup(node.cgroup_root)
+    containerd.kill_leftovers(node.path)
+    node.status = NODE_STOPPED
+    c.save()
+    took["total_s"] = time.monotonic() - t0
+    return took
+
+
+def _active_pods(c: ClusterBase, name: str) -> list[str]:
+    """Pods bound to node ``name`` whose phase is neither Failed nor Succeeded."""
+    out = c.kubectl(
+        "get", "pods", "-A", "--field-selector", f"spec.nodeName={name}", "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{'\\n'}{end}",
+        timeout=20,
+    ).stdout  # fmt: skip
+    return [
+        line for line in out.splitlines() if line.split()[-1:] not in (["Failed"], ["Succeeded"])
     ]
-    if registry:
-        lines += [
-            f'[{cri}.registry.mirrors."{registry}"]',
-            f'  endpoint = ["http://{registry}"]',
-        ]
-    path = d / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
-def containerd_socket(state: Path) -> Path:
-    """The node's containerd socket (also what `ctr --address` needs)."""
-    return state / "containerd" / "containerd.sock"
+def kill(c: ClusterBase, node: NodeState) -> list[int]:
+    """SIGKILL everything of the node at once, no SIGTERM to anything; returns the PIDs."""
+    if node.status != NODE_UP:
+        raise ClusterError(f"node {node.name} is {node.status}, not up")
+    procs = [c.process(node.process_name(x)) for x in COMPONENTS]
+    daemons = [p.pid for p in procs if p is not None and p.alive()]
+    pids = daemons + containerd.shim_pids(node.path) + sorted(host.cgroup_pids(node.cgroup_root))
+    for pid in pids:  # the kubelet first: it must not see its containers die
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    host.kill_cgroup(node.cgroup_root)  # anything forked while we were killing
+    for p in procs:
+        if p is not None:
+            p.wait_dead()
+            c.forget(p.name)
+    node.status = NODE_KILLED
+    c.save()
+    return pids
 
 
-def ctr(state: Path, *args: str, check: bool = True, timeout: float = 120) -> str:
-    """Run `ctr` against this node's containerd in the CRI namespace."""
-    argv = ["ctr", "--address", str(containerd_socket(state)), "--namespace", "k8s.io", *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise ClusterError(f"`ctr {' '.join(args)}` failed: {proc.stderr.strip()}")
-    return proc.stdout
+def start(c: ClusterBase, node: NodeState, bin_dir: Path, *, wait: bool = True) -> None:
+    """Bring a stopped or killed node back, as after a reboot (see the module docstring)."""
+    if node.status == NODE_UP and node_processes(c, node):
+        raise ClusterError(f"node {node.name} is up already")
+    reboot_cleanup(node)
+    launch(c, node, bin_dir)
+    if wait:
+        kubelet.wait_ready(c, [node])
 
 
-def cgroup_hierarchies() -> list[Path]:
-    """Mounted cgroup hierarchies (v1 controllers, and the v2 'unified' mount if present)."""
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        parts = line.split(" - ")
-        if len(parts) == 2 and parts[1].split()[0] in ("cgroup", "cgroup2"):
-            out.append(Path(line.split()[4]))
-    return out
+def reboot_cleanup(node: NodeState) -> None:
+    """Clear what a reboot clears (tmpfs, mounts, cgroups); keep what is on disk."""
+    host.kill_cgroup(node.cgroup_root)
+    containerd.kill_leftovers(node.path)
+    host.unmount_under([str(node.path)])
+    for d in containerd.volatile_dirs(node.path):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(node.path / "cni" / "ipam", ignore_errors=True)
+    host.remove_cgroup_root(node.cgroup_root)
 
 
-def create_cgroup_root(cgroup_root: str) -> None:
-    """The kubelet requires its `cgroupRoot` to exist in every hierarchy."""
-    for h in cgroup_hierarchies():
-        d = h / cgroup_root.lstrip("/")
-        d.mkdir(exist_ok=True)
-        if h.name == "cpuset":
-            # A new cpuset cgroup is unusable until it has cpus and mems.
-            for f in ("cpuset.cpus", "cpuset.mems"):
-                if (d / f).exists() and not (d / f).read_text().strip():
-                    (d / f).write_text((h / f).read_text())
+def remove(node: NodeState, stop_timeout: float, procs: dict[str, Process]) -> None:
+    """Stop the node's processes (``procs``: recorded ones by name) and remove everything
+    it created on the host: containers, mounts, network namespaces, cgroups, bridge, CNI
+    cache entries, log links. Used by `down`; harmless on a node already stopped or killed."""
+    netns: list[str] = []
+    ids: list[str] = []
+    kubelet_proc = procs.get(node.process_name("kubelet"))
+    if kubelet_proc is not None:
+        kubelet_proc.stop(timeout=stop_timeout)
+    ctrd = procs.get(node.process_name("containerd"))
+    if ctrd is not None and ctrd.alive():
+        netns = containerd.sandbox_netns_paths(node.path)
+        ids = containerd.container_ids(node.path)
+        containerd.kill_workloads(node.path)
+    ids += _task_ids(node.path)
+    for name in ("containerd", "logind"):
+        proc = procs.get(node.process_name(name))
+        if proc is not None:
+            proc.stop(timeout=stop_timeout)
+    containerd.kill_leftovers(node.path)
+    network.remove_netns(netns)
+    host.unmount_under([str(node.path)])
+    host.remove_cgroup_root(node.cgroup_root)
+    network.delete_bridge(node.bridge)
+    network.remove_cni_cache(node.network, ids)
+    host.remove_container_log_links(kubelet.pod_logs_dir(node))
 
 
-def remove_cgroup_root(cgroup_root: str) -> None:
-    """rmdir our cgroup subtree, deepest first, in every hierarchy (kills leftovers first)."""
-    for h in cgroup_hierarchies():
-        top = h / cgroup_root.lstrip("/")
-        if not top.is_dir():
-            continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-        for d in [*dirs, top]:
-            procs = d / "cgroup.procs"
-            with contextlib.suppress(OSError):
-                for pid in procs.read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), 9)
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
-
-
-def kubelet_config(
-    state: Path,
-    *,
-    node_ip: str,
-    port: int,
-    healthz_port: int,
-    ca: Path,
-    serving_cert: Path,
-    serving_key: Path,
-    cgroup_root: str,
-) -> Path:
-    """KubeletConfiguration for this machine (see the module docstring for each choice)."""
-    cfg = {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "address": node_ip,
-        "port": port,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": healthz_port,
-        "authentication": {
-            "anonymous": {"enabled": False},
-            "webhook": {"enabled": True},
-            "x509": {"clientCAFile": str(ca)},
-        },
-        "authorization": {"mode": "Webhook"},
-        "tlsCertFile": str(serving_cert),
-        "tlsPrivateKeyFile": str(serving_key),
-        "containerRuntimeEndpoint": f"unix://{containerd_socket(state)}",
-        "cgroupDriver": "cgroupfs",
-        "cgroupRoot": cgroup_root,
-        "cgroupsPerQOS": True,
-        "failCgroupV1": False,
-        "failSwapOn": False,
-        "seccompDefault": False,
-        "podLogsDir": str(state / "pod-logs"),
-        "resolvConf": "",
-        "clusterDomain": "cluster.local",
-        "staticPodPath": "",
-        "serializeImagePulls": False,
-        "rotateCertificates": False,
-        "serverTLSBootstrap": False,
-        "protectKernelDefaults": False,
-        "makeIPTablesUtilChains": False,
-        "localStorageCapacityIsolation": True,
-        # The disk is shared with the developer's work: never evict test pods for it.
-        "evictionHard": {
-            "memory.available": "100Mi",
-            "nodefs.available": "1%",
-            "nodefs.inodesFree": "1%",
-            "imagefs.available": "1%",
-        },
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "nodeStatusUpdateFrequency": "4s",
-        "syncFrequency": "10s",
-        "fileCheckFrequency": "10s",
-        "maxPods": 110,
-        "shutdownGracePeriod": "0s",
-    }
-    path = state / "kubelet-config.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def sandbox_netns_paths(state: Path) -> list[str]:
-    """Network-namespace bind mounts of our pod sandboxes, read from containerd's specs."""
-    paths = []
-    with contextlib.suppress(ClusterError, subprocess.TimeoutExpired, OSError):
-        ids = ctr(state, "containers", "ls", "-q", timeout=20).split()
-        for cid in ids:
-            with contextlib.suppress(ClusterError, ValueError, subprocess.TimeoutExpired):
-                info = json.loads(ctr(state, "containers", "info", cid, timeout=20))
-                spec = info.get("Spec") or {}
-                for ns in (spec.get("linux") or {}).get("namespaces") or []:
-                    if ns.get("type") == "network" and ns.get("path", "").startswith(
-                        ("/var/run/netns/", "/run/netns/")
-                    ):
-                        paths.append(ns["path"])
-    return sorted(set(paths))
-
-
-def kill_workloads(state: Path) -> None:
-    """Kill and delete every task and container of our containerd (kubelet already gone)."""
-    with contextlib.suppress(ClusterError, subprocess.TimeoutExpired, OSError):
-        for line in ctr(state, "tasks", "ls", timeout=20).splitlines()[1:]:
-            cid = line.split()[0]
-            ctr(state, "tasks", "kill", "--all", "--signal", "SIGKILL", cid, check=False)
-        time.sleep(0.3)
-        for line in ctr(state, "tasks", "ls", timeout=20).splitlines()[1:]:
-            ctr(state, "tasks", "delete", "--force", line.split()[0], check=False)
-        for cid in ctr(state, "containers", "ls", "-q", timeout=20).split():
-            ctr(state, "containers", "delete", cid, check=False)
-
-
-def kill_leftovers(state: Path) -> None:
-    """After containerd stopped: runc containers in our runc root, and shims whose
-    `-address` is our socket. Both are ours by construction, never matched by name alone."""
-    runc_root = state / "containerd" / "runc"
-    if runc_root.is_dir():
-        for ns_root in [runc_root, *[p for p in runc_root.iterdir() if p.is_dir()]]:
-            out = subprocess.run(
-                ["runc", "--root", str(ns_root), "list", "-q"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
-            for cid in out.split():
-                subprocess.run(
-                    ["runc", "--root", str(ns_root), "delete", "--force", cid],
-                    capture_output=True,
-                    check=False,
-                )
-    sock = str(containerd_socket(state))
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            argv
-            and argv[0].endswith(b"containerd-shim-runc-v2")
-            and sock.encode() in argv
-            and proc_start_time(int(entry.name)) is not None
-        ):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), 9)
-
-
-def unmount_under(prefixes: list[str]) -> None:
-    """Unmount every mount at or below ``prefixes`` (deepest first, lazily if busy)."""
-    for _ in range(3):
-        points = []
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            mp = line.split()[4].replace("\\040", " ")
-            if any(mp == p or mp.startswith(p.rstrip("/") + "/") for p in prefixes):
-                points.append(mp)
-        if not points:
-            return
-        for mp in sorted(set(points), key=lambda p: -len(p)):
-            r = subprocess.run(["umount", mp], capture_output=True, check=False)
-            if r.returncode != 0:
-                subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
-
-
-def remove_netns(paths: list[str]) -> None:
-    """Unmount and delete our sandboxes' network namespaces (their veths go with them)."""
-    unmount_under(paths)
-    for p in paths:
-        with contextlib.suppress(OSError):
-            Path(p).unlink()
-
-
-def remove_container_log_links(pod_logs_dir: Path) -> None:
-    """The kubelet also links logs from the fixed /var/log/containers: remove ours."""
-    d = Path("/var/log/containers")
-    if not d.is_dir():
-        return
-    for link in d.iterdir():
-        with contextlib.suppress(OSError):
-            if link.is_symlink() and os.readlink(link).startswith(str(pod_logs_dir)):
-                link.unlink()
-
-
-def container_ids(state: Path) -> list[str]:
-    """IDs of every container (sandboxes included) our containerd knows."""
-    with contextlib.suppress(ClusterError, subprocess.TimeoutExpired, OSError):
-        return ctr(state, "containers", "ls", "-q", timeout=20).split()
-    return []
-
-
-def remove_cni_cache(network: str, sandbox_ids: list[str]) -> None:
-    """libcni caches results under /var/lib/cni, named after the network (ours, and
-    containerd's `cni-loopback`) and the sandbox ID: remove those of our network and sandboxes."""
-    ids = set(sandbox_ids)
-    for d in (Path("/var/lib/cni/results"), Path("/var/lib/cni/cache/results")):
-        if not d.is_dir():
-            continue
-        for f in d.iterdir():
-            ours = f.name.startswith(f"{network}-") or any(f"-{i}-" in f.name for i in ids)
-            if ours:
-                with contextlib.suppress(OSError):
-                    f.unlink()
+def _task_ids(node_dir: Path) -> list[str]:
+    """Container IDs from containerd's task dirs: known even when containerd was killed."""
+    d = node_dir / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    return [p.name for p in d.iterdir()] if d.is_dir() else []
