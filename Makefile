@@ -9,7 +9,7 @@ help: ## list targets
 setup: ## install Debian packages and the pinned Python dependencies (.venv)
 	hack/setup.sh
 
-demo: ## the main job: cluster + operator + a labelled workload whose deleted pod resumes (hack/demo.sh)
+demo: ## the main job: two-node cluster + operator + a labelled workload that resumes on the other node after a drain (hack/demo.sh)
 	hack/demo.sh
 
 test: ## everything CI runs: lint, types, layering, unit and real-part tests

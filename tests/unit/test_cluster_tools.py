@@ -6,6 +6,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import yaml
 from cryptography import x509
 
 from podckpt.devtools.cluster import binaries, components, fixtures, images, pki
-from podckpt.devtools.cluster.errors import PrerequisiteError
+from podckpt.devtools.cluster.errors import ClusterError, PrerequisiteError
+from podckpt.devtools.cluster.state import State, Timeouts, node_name
 
 RELEASE_GOMOD = """module k8s.io/kubernetes
 
@@ -163,3 +165,63 @@ def test_missing_prerequisite_skips_but_fails_under_ci(monkeypatch: pytest.Monke
 )
 def test_registry_ref(ref: str, expected: str) -> None:
     assert images.registry_ref("127.0.0.1:5000", ref) == expected
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("myapp:1", "docker.io/library/myapp:1"),
+        ("me/app", "docker.io/me/app:latest"),
+        ("podckpt.local/pause:3.10", "podckpt.local/pause:3.10"),
+        ("localhost:5000/a:2", "localhost:5000/a:2"),
+        ("quay.io/x/y:3", "quay.io/x/y:3"),
+    ],
+)
+def test_normalize_ref_as_the_cri_names_images(ref: str, expected: str) -> None:
+    assert images.normalize_ref(ref) == expected
+
+
+def test_image_archive_kind_is_told_from_its_contents(tmp_path: Path) -> None:
+    def archive(name: str, member: str) -> Path:
+        src = tmp_path / name
+        src.mkdir()
+        (src / member).write_text("{}")
+        out = tmp_path / f"{name}.tar"
+        with tarfile.open(out, "w") as tar:
+            tar.add(src / member, arcname=member)
+        return out
+
+    assert images._archive_transport(archive("oci", "oci-layout")) == "oci-archive"
+    assert images._archive_transport(archive("docker", "manifest.json")) == "docker-archive"
+    with pytest.raises(ClusterError, match="neither an OCI layout"):
+        images._archive_transport(archive("other", "readme"))
+
+
+def test_state_file_of_another_version_loads(tmp_path: Path) -> None:
+    """Unknown keys (another version of this code wrote the file) are ignored, nodes and
+    timeouts come back as objects."""
+    old = {
+        "name": "c",
+        "version": "v1",
+        "bridge": "pck-0",  # a key of the one-node format
+        "nodes": [
+            {
+                "name": "podckpt-node",
+                "index": 1,
+                "dir": "/x",
+                "ip": "10.244.1.1",
+                "bridge": "pck-1",
+                "network": "n",
+                "pod_subnet": "10.244.1.0/24",
+                "cgroup_root": "/podckpt-pck-1",
+            },
+        ],
+        "timeouts": {"toleration_s": 5},
+    }
+    st = State.from_json(old)
+    assert st.nodes[0].name == "podckpt-node"
+    assert st.nodes[0].status == "up"
+    assert st.nodes[0].process_name("kubelet") == "kubelet"
+    assert st.timeouts.toleration_s == 5
+    assert st.timeouts.node_monitor_grace_s == Timeouts().node_monitor_grace_s
+    assert node_name(2) == "podckpt-node-2"
