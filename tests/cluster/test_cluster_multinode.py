@@ -27,7 +27,7 @@ from podckpt.devtools.cluster.cluster import Cluster
 pytestmark = [pytest.mark.multinode]
 
 #: A container that notes its start and any SIGTERM in /mark/log (a host directory).
-MARKER = "trap 'echo TERM >> /mark/log; exit 0' TERM; echo started >> /mark/log; "
+MARKER = "trap 'echo TERM >> /mark/log; exit 143' TERM; echo started >> /mark/log; "
 MARKER += "while true; do sleep 1; done"
 
 
