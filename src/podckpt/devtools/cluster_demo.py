@@ -191,9 +191,16 @@ def up() -> int:
             record = json.loads(line)
             took = record.get("duration_s")
             _say(f"  agent: {record.get('phase')} {record.get('outcome')} ({took} s)")
-    time.sleep(3)  # the controller posts its events after reading the agent's log
+    # The controller posts its events after reading the agents' logs (and it may have been
+    # on the drained node itself, so moving too): wait for the restore's event.
+    uids = {old_uid: "old pod", new["metadata"]["uid"]: "new pod"}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+        " Restored " in line or " RestoreFailed " in line for line in _events(cluster, uids)
+    ):
+        time.sleep(1)
     _say("events of the old and the new pod, oldest first:")
-    for line in _events(cluster, {old_uid: "old pod", new["metadata"]["uid"]: "new pod"}):
+    for line in _events(cluster, uids):
         print(line, flush=True)
     ok = target != source and int(first_new[1].split()[1]) > int(last_old[1].split()[1]) - 2
     _say("resumed on the other node: the count went on" if ok else "NOT resumed")
