@@ -88,11 +88,18 @@ def warm_run() -> dict[str, float]:
         node = time.monotonic() - t1
         time.sleep(5)  # let the components settle before measuring memory
         rss = c.rss_bytes()
+        t2 = time.monotonic()
+        c.add_nodes(2)
+        second = time.monotonic() - t2
+        time.sleep(5)
+        rss2 = sum(c.rss_bytes().values())
         return {
             "apiserver_tier": api,
             "node_tier_on_top": node,
             "both": api + node,
+            "second_node": second,
             "rss_total_mb": sum(rss.values()) / 2**20,
+            "rss_second_node_mb": (rss2 - sum(rss.values())) / 2**20,
             **{f"rss_{k}_mb": v / 2**20 for k, v in rss.items()},
         }
     finally:
@@ -137,7 +144,8 @@ def main() -> None:
         return max(r[key] for r in runs)
 
     info = binaries.build_info()
-    rss_keys = sorted({k for r in runs for k in r if k.startswith("rss_") and k != "rss_total_mb"})
+    totals = ("rss_total_mb", "rss_second_node_mb")
+    rss_keys = sorted({k for r in runs for k in r if k.startswith("rss_") and k not in totals})
     lines = [
         "## Cluster set-up",
         "",
@@ -158,8 +166,13 @@ def main() -> None:
         f"({mx('both'):.1f} s) | <= 45 s |",
         f"| of which node parts on a running apiserver tier | {med('node_tier_on_top'):.1f} s "
         f"({mx('node_tier_on_top'):.1f} s) | |",
-        f"| whole cluster RSS, node tier idle | {med('rss_total_mb'):.0f} MB "
+        f"| second node added to the running node tier (`up --nodes 2`, the fixture "
+        f"`multinode_cluster`: bridge, logind, containerd, images, kubelet, node Ready) | "
+        f"{med('second_node'):.1f} s ({mx('second_node'):.1f} s) | |",
+        f"| whole cluster RSS, node tier idle, one node | {med('rss_total_mb'):.0f} MB "
         f"({mx('rss_total_mb'):.0f} MB) | < 1.5 GB |",
+        f"| RSS of the second node (kubelet, containerd, logind), idle | "
+        f"{med('rss_second_node_mb'):.0f} MB ({mx('rss_second_node_mb'):.0f} MB) | |",
         f"| binaries cache check (second run) | {cache_s * 1000:.0f} ms | seconds |",
     ]
     if "build_seconds" in info:

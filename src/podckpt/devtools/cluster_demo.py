@@ -51,6 +51,7 @@ def _manifest() -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": {"app": "counter", "memverge.ai/checkpoint-mode": "true"}},
                 "spec": {
+                    "dnsPolicy": "Default",  # the local cluster has no cluster DNS
                     "containers": [
                         {
                             "name": "app",
