@@ -60,7 +60,7 @@ def _manifest() -> dict[str, Any]:
                             "command": ["/bin/sh", "-c", COUNTER],
                             "resources": {"limits": {"memory": "64Mi"}},
                         }
-                    ]
+                    ],
                 },
             },
         },
