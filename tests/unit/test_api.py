@@ -11,6 +11,7 @@ from podckpt.api import (
     DownwardAPIFormatError,
     InvalidValueError,
     Key,
+    RestoreMode,
     RestorePolicy,
     Source,
     format_downward_text,
@@ -69,6 +70,8 @@ def test_user_guide_example_job_template() -> None:
         ("checkpoint-keep", "5", "keep", 5),
         ("restore-policy", "strict", "restore_policy", RestorePolicy.STRICT),
         ("restore-policy", "Fresh", "restore_policy", RestorePolicy.FRESH),
+        ("restore-mode", "lazy", "restore_mode", RestoreMode.LAZY),
+        ("restore-mode", "Full", "restore_mode", RestoreMode.FULL),
     ],
 )
 def test_each_key_valid_as_annotation(key: str, value: str, field: str, expected: object) -> None:
@@ -98,6 +101,7 @@ def test_each_key_valid_as_annotation(key: str, value: str, field: str, expected
         ("checkpoint-keep", "0", "from 1 to 100"),
         ("checkpoint-keep", "two", "from 1 to 100"),
         ("restore-policy", "newest", "latest | fresh | strict"),
+        ("restore-mode", "eager", "lazy | full"),
     ],
 )
 def test_each_key_invalid_names_key_value_and_allowed(key: str, value: str, allowed: str) -> None:

@@ -5,7 +5,8 @@ Order, and why:
    open keep exactly the size CRIU recorded;
 2. the open files (and `checkpoint-files`) are copied into the generation while it is stopped;
 3. periodic/on-request checkpoint: the tree is continued now, before the slow part;
-4. checksums + fsync of every file, manifest written last, LATEST renamed (store.commit);
+4. checksums (page images hashed while CRIU wrote them, integrity.py), fsync of every file at
+   once (durable.py), manifest written last, LATEST renamed (store.commit);
 5. final checkpoint (SIGTERM): only now is the tree killed. If anything failed, it is continued
    instead, so the application still gets its SIGTERM and its chance to exit gracefully.
 """
@@ -19,7 +20,7 @@ import shutil
 
 from podckpt.api import CheckpointSettings
 
-from . import AGENT_VERSION, criu, files, gpu, log, proctree
+from . import AGENT_VERSION, criu, deadline, files, gpu, integrity, log, proctree
 from .context import Context
 from .errors import (
     AgentError,
@@ -112,6 +113,21 @@ def _has_sysv_shm(pid: int) -> bool:
         return False
 
 
+def deadline_decision(ctx: Context, root: int, sigterm_at: float) -> deadline.Decision | None:
+    """Whether a final dump fits into the grace period's rest (deadline.py); None when the
+    webhook handed no grace period over (then the dump is always tried)."""
+    grace = deadline.grace_period()
+    if grace is None:
+        return None
+    ids = proctree.uids(root)[:1] + proctree.gids(root)[:1]
+    uid, gid = ids if len(ids) == 2 else (0, 0)
+    with _reading_proc_of(uid, gid):
+        members = proctree.members(root)
+        return deadline.decide(
+            members, grace_s=grace, sigterm_at=sigterm_at, throughput=ctx.throughput
+        )
+
+
 def stdio_identities(root: int) -> dict[str, str]:
     """What the root's fds 0-2 are (`pipe:[1234]`), for `--inherit-fd` at restore."""
     result = {}
@@ -146,10 +162,12 @@ def dump(
         gen = store.begin()
         stopped = False
         suspended: gpu.Suspended | None = None
+        hasher = integrity.ImageHasher(gen.path)
         try:
             if cuda_tasks is not None:
                 # GPU state into host memory first: CRIU cannot dump the driver's device files.
                 suspended = gpu.suspend(cuda_tasks, lambda: _reading_proc_of(uid, gid))
+            hasher.start()
             try:
                 result = criu.run(
                     ctx.criu,
@@ -166,6 +184,8 @@ def dump(
                 )
             except CriuFailedError as exc:
                 raise _explain_full(ctx, exc) from exc
+            finally:
+                digests = hasher.finish()
             stopped = True
             stopped_timer = Timer()
             log.emit(
@@ -215,7 +235,10 @@ def dump(
                     "criu_stats": result.stats,
                     "gpu": suspended.record() if suspended else None,
                 },
+                digests,
+                timer,
             )
+            ctx.throughput = deadline.from_manifest(manifest) or ctx.throughput
             pruned = store.prune(settings.keep, diagnosis=settings.diagnosis)
             log.emit(
                 "commit",
@@ -225,6 +248,7 @@ def dump(
                 bytes=manifest["total_bytes"],
                 files=len(manifest["saved_files"]),
                 app_stopped_s=round(stopped_s, 4),
+                throughput_bps=(manifest.get("throughput") or {}).get("bytes_per_s"),
                 gpu_resume_s=suspended.resume_s if suspended and not final else None,
                 pruned=pruned or None,
             )

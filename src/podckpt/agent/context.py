@@ -8,6 +8,10 @@ from pathlib import Path
 from .criu import Criu
 from .store import Store
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .deadline import Throughput
+
 
 @dataclasses.dataclass
 class Context:
@@ -30,6 +34,8 @@ class Context:
     origin: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Where the restored tree's stdin/stdout/stderr come from (the agent's own, normally).
     stdio_fds: tuple[int, int, int] = (0, 1, 2)
+    #: This store's measured dump throughput (the last manifest's), for the SIGTERM deadline.
+    throughput: Throughput | None = None
 
     @property
     def store_root(self) -> Path:

@@ -5,11 +5,17 @@
     {"format": 2, "generation": NAME, "container": NAME, "store": "<identity>/<container>",
      "created": ..., "criu_version": ..., "stdio": {...}, "workload": {...},
      "lineage_start": ..., "setid_files": [...], ...,
-     "total_bytes": N, "checksums": {"images/pages-1.img": {"size": N, "sha256": HEX}, ...},
+     "total_bytes": N, "checksums": {"files.json": {"size": N, "sha256": HEX},
+       "images/pages-1.img": {"size": N, "sha256_chunks": {"bytes": 67108864,
+                                                           "digests": [HEX, ...]}}, ...},
+     "throughput": {"bytes_per_s": N, "seconds": S, "bytes": N},
      "hmac": {"alg": "HMAC-SHA256", "key_id": HEX16, "value": HEX}}
 
-The HMAC covers every other field (canonical JSON: sorted keys, no spaces, ASCII), so the
-checksums, and with them every byte of the images and saved files, are authenticated by a key
+Page images are hashed in chunks (`sha256_chunks`: the SHA-256 of every `bytes` bytes, so that
+several threads hash one image while CRIU writes it and while CRIU reads it, integrity.py);
+every other file has one digest. The HMAC covers every other field (canonical JSON: sorted
+keys, no spaces, ASCII), so the checksums, and with them every byte of the images and saved
+files, are authenticated by a key
 that only agents hold (the namespace's store key, docs/security.md). Binding the generation
 name, the container and the store's identity directory into it means a manifest cannot be
 replayed under another name or moved into another workload's store. Without a key (the agent
@@ -48,7 +54,16 @@ DIGESTS = ("sha256", "blake2b", "sha512")
 #: Files of a generation that are not covered by its checksums: written after the commit, by
 #: the agent or by CRIU's restore (its statistics; CRIU never reads them back).
 UNCHECKED = frozenset(
-    {"manifest.json", "RESTORED", "FAILED", "restore.log", "restore.pid", "images/stats-restore"}
+    {
+        "manifest.json",
+        "RESTORED",
+        "FAILED",
+        "LAZY-FAILED",
+        "restore.log",
+        "restore.pid",
+        "lazy-pages.log",
+        "images/stats-restore",
+    }
 )
 
 
@@ -75,7 +90,11 @@ class Trust:
 class FileEntry:
     size: int
     algorithm: str
+    #: The whole file's digest; empty when the file is digested in chunks.
     digest: str
+    #: `sha256_chunks`: the SHA-256 of every `chunk_bytes` bytes, in order.
+    chunks: tuple[str, ...] | None = None
+    chunk_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +286,9 @@ def _checksums(value: object, name: str) -> dict[str, FileEntry]:
         size = entry.get("size")
         if type(size) is not int or size < 0:
             raise GenerationInvalidError(name, f"manifest.json: size of {rel} is not a count")
+        if "sha256_chunks" in entry:
+            files[rel] = _chunked(rel, size, entry["sha256_chunks"], name)
+            continue
         algorithm = next((a for a in DIGESTS if a in entry), None)
         digest = entry.get(algorithm) if algorithm else None
         if (
@@ -278,3 +300,26 @@ def _checksums(value: object, name: str) -> dict[str, FileEntry]:
             raise GenerationInvalidError(name, f"manifest.json: no usable digest for {rel}")
         files[rel] = FileEntry(size, algorithm, digest)
     return files
+
+
+def _chunked(rel: str, size: int, value: object, name: str) -> FileEntry:
+    """A `sha256_chunks` entry: one SHA-256 for every `bytes` bytes of the file."""
+    if isinstance(value, dict):
+        step, digests = value.get("bytes"), value.get("digests")
+        if (
+            type(step) is int
+            and step > 0
+            and isinstance(digests, list)
+            and len(digests) == -(-size // step)
+            and all(_is_hex(d, 64) for d in digests)
+        ):
+            return FileEntry(size, "sha256", "", tuple(digests), step)
+    raise GenerationInvalidError(name, f"manifest.json: malformed sha256_chunks for {rel}")
+
+
+def _is_hex(value: object, length: int) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == length
+        and all(c in "0123456789abcdef" for c in value)
+    )

@@ -5,10 +5,13 @@ failure (`NotHere`): one made by this very pod (the container was restarted insi
 a liveness probe, an OOM kill, a crash: the restart is meant to cure it), or by another
 workload revision (a rollout, a changed spec: the new pod runs the new template).
 
-Each candidate is verified (manifest, sizes, checksums), its saved files are put back, and
-`criu restore -d --restore-sibling --leave-stopped` makes the restored root the agent's own
-child. The PID counter is then moved above the application's range (pids.py) and the tree is
-continued. A generation that fails is marked FAILED and never tried again, so a bad image can
+Each candidate's manifest, sizes and small files are verified, its saved files are put back,
+and `criu restore -d --restore-sibling --leave-stopped` makes the restored root the agent's own
+child. The page images, the bulk of the bytes, are hashed while CRIU reads them, not before
+(integrity.py): the tree stays stopped until they match. The PID counter is then moved above
+the application's range (pids.py) and the tree is continued. `restore-mode: lazy` (or a large
+checkpoint where the container allows it) continues the tree before its memory is in
+(lazy.py). A generation that fails is marked FAILED and never tried again, so a bad image can
 never crash-loop the container.
 """
 
@@ -18,7 +21,7 @@ import dataclasses
 import os
 from typing import Any
 
-from . import criu, files, log, pids, proctree
+from . import criu, deadline, files, integrity, lazy, log, pids, proctree
 from .context import Context
 from .errors import (
     AgentError,
@@ -61,6 +64,8 @@ class Restored:
     root_pid: int
     manifest: Manifest
     attempts: list[dict[str, str]]
+    #: A lazy restore's page transfer, still running (the supervisor watches it).
+    lazy: lazy.LazyTransfer | None = None
 
 
 class GenerationRefused(GenerationInvalidError):
@@ -123,45 +128,56 @@ def not_here(ctx: Context, gen: Generation, manifest: Manifest) -> NotHere | Non
 
 
 def try_restore(
-    ctx: Context, gen: Generation, manifest: Manifest | None = None
-) -> tuple[int, Manifest, dict[str, Any]]:
+    ctx: Context,
+    gen: Generation,
+    manifest: Manifest | None = None,
+    *,
+    mode: str | None = None,
+) -> tuple[int, Manifest, dict[str, Any], lazy.LazyTransfer | None]:
     """Restore one generation (whose `store.check`ed manifest may be given); returns the root
-    PID (running), the manifest and what the restore measured."""
+    PID (running), the manifest, what the restore measured and, for a lazy restore, its page
+    transfer (still running).
+
+    Full restore: the page images are verified while CRIU reads them (integrity.py); the tree
+    stays stopped until they match and is killed unrun when they do not. Lazy restore
+    (lazy.py): they are verified while the daemon serves them to the running tree."""
     if manifest is None:
         manifest = ctx.store.check(gen)
     _compatible(ctx, gen, manifest)
     gpu_plan = _gpu_plan(gen, manifest)  # before the checksums: cheap, and may refuse
-    ctx.store.verify_contents(gen, manifest)
-    written = files.put_back(gen.path, manifest.setid_files)
+    ctx.store.verify_contents(gen, manifest, exclude=integrity.is_page_image)
+    pages = {rel: e for rel, e in manifest.files.items() if integrity.is_page_image(rel)}
     root = manifest.root_pid
     if root is None:
         raise GenerationInvalidError(gen.name, "manifest.json records no root pid")
-    inherit = inherit_map(manifest.stdio)
-    passed = []
+    transfer = _lazy_transfer(ctx, gen, manifest, mode) if gpu_plan is None else None
+    verifier = None if transfer else integrity.PageVerifier(gen.path, pages).start()
     try:
-        for fd in inherit:
-            os.dup2(ctx.stdio_fds[fd - _FD_BASE], fd, inheritable=True)
-            passed.append(fd)
-        result = criu.run(
-            ctx.criu,
-            "restore",
-            criu.restore_args(gen.images, None, inherit, privileged=ctx.privileged),
-            gen.path / "restore.log",
-            pass_fds=passed,
-        )
-        _check_child(root)
-    except BaseException:
-        files.remove(written)
+        result, written = _criu_restore(ctx, gen, manifest, root, transfer)
+    except BaseException as exc:
+        if verifier is not None:
+            verifier.cancel()
+        if transfer is not None:
+            transfer.abort()
+            if isinstance(exc, CriuFailedError | CriuRunError):
+                raise lazy.LazyRestoreFailed(gen.name, f"lazy restore: {exc}") from exc
         raise
-    finally:
-        for fd in passed:
-            os.close(fd)
+    waited = Timer()
+    error = verifier.result() if verifier is not None else None
+    if error is not None:
+        proctree.kill_tree(root)  # stopped, never ran; reaped by reap_leftovers()
+        files.remove(written)
+        raise GenerationInvalidError(gen.name, error)
+    if transfer is not None:
+        transfer.started(root, pages)
     floor = pids.raise_floor()
     proctree.continue_tree(root)
     measured: dict[str, Any] = {
         "restore_stats": result.stats,
         "restore_s": result.duration_s,
         "pid_floor": floor.as_dict(),
+        "verify_wait_s": round(waited.elapsed(), 4) if verifier is not None else None,
+        "mode": "lazy" if transfer is not None else "full",
     }
     if gpu_plan is not None:
         from . import gpu  # noqa: PLC0415 - only for generations with GPU state
@@ -172,7 +188,57 @@ def try_restore(
             files.remove(written)
             raise
         measured["gpu"] = gpu_plan.timings()
-    return root, manifest, measured
+    return root, manifest, measured, transfer
+
+
+def _lazy_transfer(
+    ctx: Context, gen: Generation, manifest: Manifest, mode: str | None
+) -> lazy.LazyTransfer | None:
+    """A started lazy-pages daemon when this restore is lazy (lazy.choose), else None."""
+    chosen, why_not = lazy.choose(ctx, gen, manifest, mode)
+    if not chosen:
+        if why_not is not None and mode == "lazy":
+            log.emit("restore", "full", generation=gen.name, why=why_not)
+        return None
+    transfer = lazy.LazyTransfer(ctx, gen)
+    try:
+        transfer.start_daemon()
+    except (CriuFailedError, CriuRunError) as exc:
+        transfer.close()
+        ctx.store.mark(gen, lazy.LAZY_FAILED)
+        log.emit("restore", "full", generation=gen.name, why=f"lazy restore unavailable: {exc}")
+        return None
+    return transfer
+
+
+def _criu_restore(
+    ctx: Context,
+    gen: Generation,
+    manifest: Manifest,
+    root: int,
+    transfer: lazy.LazyTransfer | None,
+) -> tuple[criu.CriuResult, list[str]]:
+    """Put the saved files back and run CRIU; the restored tree is left stopped. Returns
+    CRIU's result and the files put back."""
+    written = files.put_back(gen.path, manifest.setid_files)
+    inherit = inherit_map(manifest.stdio)
+    passed = []
+    try:
+        for fd in inherit:
+            os.dup2(ctx.stdio_fds[fd - _FD_BASE], fd, inheritable=True)
+            passed.append(fd)
+        args = criu.restore_args(gen.images, None, inherit, privileged=ctx.privileged)
+        if transfer is not None:
+            args += transfer.restore_args()
+        result = criu.run(ctx.criu, "restore", args, gen.path / "restore.log", pass_fds=passed)
+        _check_child(root)
+    except BaseException:
+        files.remove(written)
+        raise
+    finally:
+        for fd in passed:
+            os.close(fd)
+    return result, written
 
 
 def _gpu_plan(gen: Generation, manifest: Manifest) -> gpu.RestorePlan | None:
@@ -228,10 +294,13 @@ def log_cleanup(removed: list[Removed]) -> None:
         log.emit("cleanup", "damaged" if damaged else "ok", removed=names, why=why)
 
 
-def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | NotHere | None:
+def restore_latest(
+    ctx: Context, *, diagnosis: bool, mode: str | None = None
+) -> Restored | NotHere | None:
     """Try every candidate, newest first. None: nothing could be restored. NotHere: the
     newest candidate (or the next after failed ones) does not belong in this container;
-    nothing older is tried (it is the past of the same program)."""
+    nothing older is tried (it is the past of the same program). `mode`: the `restore-mode`
+    key (lazy, full; None: by size, lazy.choose)."""
     store = ctx.store
     attempts: list[dict[str, str]] = []
     with store.lock():
@@ -239,54 +308,79 @@ def restore_latest(ctx: Context, *, diagnosis: bool) -> Restored | NotHere | Non
         if store.latest_problem:
             log.emit("store", "damaged", error=store.latest_problem, then="newest manifest used")
         for gen in store.candidates():
-            timer = Timer()
-            try:
-                checked = store.check(gen)
-                elsewhere = not_here(ctx, gen, checked)
-                if elsewhere is not None:
-                    return elsewhere
-                root, manifest, measured = try_restore(ctx, gen, checked)
-            except GenerationRefused as exc:
-                attempts.append({"generation": gen.name, "error": str(exc)})
-                log.emit("restore", "refused", timer.elapsed(), generation=gen.name, why=str(exc))
+            restored = _restore_one(ctx, gen, attempts, mode)
+            if restored is None:
                 continue
-            except (
-                GenerationInvalidError,
-                CriuFailedError,
-                CriuRunError,
-                FilesError,
-                GpuError,
-            ) as exc:
-                attempts.append({"generation": gen.name, "error": str(exc)})
-                log.emit("restore", "failed", timer.elapsed(), generation=gen.name, error=str(exc))
-                store.mark(gen, FAILED)
-                reap_leftovers()
-                continue
-            except (OSError, ValueError, BadInput) as exc:
-                error = AgentError(f"restore of {gen.name}: {exc}")
-                attempts.append({"generation": gen.name, "error": str(error)})
-                log.emit(
-                    "restore", "failed", timer.elapsed(), generation=gen.name, error=str(error)
-                )
-                store.mark(gen, FAILED)
-                reap_leftovers()
-                continue
-            log.emit(
-                "restore",
-                "ok",
-                timer.elapsed(),
-                generation=gen.name,
-                fallback=bool(attempts) or None,
-                skipped=[a["generation"] for a in attempts] or None,
-                pid=root,
-                criu_s=round(measured["restore_s"], 4),
-                pid_floor=measured["pid_floor"],
-                criu=measured["restore_stats"],
-                authenticated=manifest.authenticated if store.trust.key else None,
-                gpu=measured.get("gpu"),
-            )
-            # After the log line: removing a large generation takes a while, and the
-            # application already runs.
-            store.retire(gen, diagnosis=diagnosis)
-            return Restored(gen.name, root, manifest, attempts)
+            if isinstance(restored, Restored) and restored.lazy is None:
+                # After the log line: removing a large generation takes a while, and the
+                # application already runs. A lazy restore still reads this generation: the
+                # supervisor retires it once the last page is in.
+                store.retire(gen, diagnosis=diagnosis)
+            return restored
     return None
+
+
+def _restore_one(
+    ctx: Context, gen: Generation, attempts: list[dict[str, str]], mode: str | None
+) -> Restored | NotHere | None:
+    """One candidate: restored, not for here, or None (logged, in `attempts`, marked when it
+    must be)."""
+    store = ctx.store
+    while True:
+        timer = Timer()
+        try:
+            checked = store.check(gen)
+            elsewhere = not_here(ctx, gen, checked)
+            if elsewhere is not None:
+                return elsewhere
+            root, manifest, measured, transfer = try_restore(ctx, gen, checked, mode=mode)
+        except lazy.LazyRestoreFailed as exc:
+            # CRIU's lazy restore failed where a full one may not: try this one again, in full.
+            log.emit("restore", "failed", timer.elapsed(), generation=gen.name, mode="lazy",
+                     error=str(exc), then="restoring it in full")  # fmt: skip
+            store.mark(gen, lazy.LAZY_FAILED)
+            reap_leftovers()
+            mode = "full"
+            continue
+        except GenerationRefused as exc:
+            attempts.append({"generation": gen.name, "error": str(exc)})
+            log.emit("restore", "refused", timer.elapsed(), generation=gen.name, why=str(exc))
+            return None
+        except (
+            GenerationInvalidError,
+            CriuFailedError,
+            CriuRunError,
+            FilesError,
+            GpuError,
+        ) as exc:
+            attempts.append({"generation": gen.name, "error": str(exc)})
+            log.emit("restore", "failed", timer.elapsed(), generation=gen.name, error=str(exc))
+            store.mark(gen, FAILED)
+            reap_leftovers()
+            return None
+        except (OSError, ValueError, BadInput) as exc:
+            error = AgentError(f"restore of {gen.name}: {exc}")
+            attempts.append({"generation": gen.name, "error": str(error)})
+            log.emit("restore", "failed", timer.elapsed(), generation=gen.name, error=str(error))
+            store.mark(gen, FAILED)
+            reap_leftovers()
+            return None
+        break
+    log.emit(
+        "restore",
+        "ok",
+        timer.elapsed(),
+        generation=gen.name,
+        fallback=bool(attempts) or None,
+        skipped=[a["generation"] for a in attempts] or None,
+        pid=root,
+        mode=measured["mode"],
+        criu_s=round(measured["restore_s"], 4),
+        verify_wait_s=measured["verify_wait_s"],
+        pid_floor=measured["pid_floor"],
+        criu=measured["restore_stats"],
+        authenticated=manifest.authenticated if store.trust.key else None,
+        gpu=measured.get("gpu"),
+    )
+    ctx.throughput = deadline.from_body(manifest.body) or ctx.throughput
+    return Restored(gen.name, root, manifest, attempts, transfer)

@@ -29,7 +29,7 @@ import fcntl
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from . import manifest as manifest_format
@@ -50,6 +50,9 @@ from .manifest import Manifest, Trust
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from .integrity import Digest
+    from .log import Timer
 
 LAYOUT_VERSION = 1
 MANIFEST_FORMAT = manifest_format.FORMAT
@@ -291,11 +294,18 @@ class Store:
 
         return verify.check(self, gen)
 
-    def verify_contents(self, gen: Generation, manifest: Manifest, only: str = "") -> None:
-        """Every listed file (under the path prefix `only`) has its digest (verify.py)."""
+    def verify_contents(
+        self,
+        gen: Generation,
+        manifest: Manifest,
+        only: str = "",
+        exclude: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Every listed file (under the path prefix `only`, not those `exclude` selects) has
+        its digest (verify.py)."""
         from . import verify  # noqa: PLC0415
 
-        verify.verify_contents(self, gen, manifest, only)
+        verify.verify_contents(self, gen, manifest, only, exclude)
 
     def verify(self, gen: Generation) -> Manifest:
         """check + verify_contents: the manifest of a generation that is whole."""
@@ -361,13 +371,31 @@ class Store:
             raise _store_write_error(self.root, exc, f"creating generation {name}") from exc
         return gen
 
-    def commit(self, gen: Generation, fields: dict[str, Any]) -> dict[str, Any]:
-        """Checksum, secure (root, 0600/0700) and fsync every file, write the manifest last,
-        then move LATEST to it."""
+    def commit(
+        self,
+        gen: Generation,
+        fields: dict[str, Any],
+        digests: Mapping[str, Digest] | None = None,
+        moving: Timer | None = None,
+    ) -> dict[str, Any]:
+        """Checksum and secure (root, 0600/0700) every file, make them durable, write the
+        manifest last, then move LATEST to it.
+
+        `digests`: the page images hashed while CRIU wrote them (integrity.ImageHasher); every
+        other file is hashed here. Durability: every file and directory of the generation is
+        fsynced at once (durable.py), then the manifest, then LATEST, each written atomically.
+        A kill at any point leaves LATEST on the previous generation or on a complete new one.
+        `moving` started when the bytes started to move (CRIU's dump): the manifest records
+        the throughput of dump + checksums + flush (deadline.py)."""
         import json  # noqa: PLC0415
 
+        from .durable import fsync_all  # noqa: PLC0415 - only when a dump runs
+
+        digests = digests or {}
         try:
-            checksums: dict[str, dict[str, Any]] = {}
+            checksums: dict[str, dict[str, object]] = {}
+            to_sync: list[tuple[int, Path]] = []
+            dirs: list[Path] = [gen.path]
             total = 0
             for dirpath, dirnames, filenames in os.walk(gen.path):
                 base = Path(dirpath)
@@ -379,18 +407,34 @@ class Store:
                     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     try:
                         secure(fd, FILE_MODE)
-                        size, digest = hash_fd(fd, fsync=True)
+                        known = digests.get(rel)
+                        if known is not None and known.size == os.fstat(fd).st_size:
+                            size, entry = known.size, known.entry()
+                        else:
+                            size, digest = hash_fd(fd)
+                            entry = {"size": size, "sha256": digest}
                     finally:
                         os.close(fd)
-                    checksums[rel] = {"size": size, "sha256": digest}
+                    checksums[rel] = entry
+                    to_sync.append((size, path))
                     total += size
                 for dirname in dirnames:
                     fd = os.open(base / dirname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                     try:
                         secure(fd, DIR_MODE)
-                        os.fsync(fd)
                     finally:
                         os.close(fd)
+                    dirs.append(base / dirname)
+            to_sync.sort(key=lambda item: item[0])
+            fsync_all([path for _, path in to_sync], dirs)
+            throughput: dict[str, Any] = {}
+            if moving is not None:
+                seconds = moving.elapsed()
+                throughput["throughput"] = {
+                    "bytes_per_s": int(total / seconds) if seconds > 0 else None,
+                    "seconds": round(seconds, 4),
+                    "bytes": total,
+                }
             body = {
                 "generation": gen.name,
                 "container": self.container,
@@ -398,11 +442,11 @@ class Store:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **fields,
                 "total_bytes": total,
+                **throughput,
                 "checksums": checksums,
             }
             sealed = manifest_format.seal(body, self.trust)
             write_atomic(gen.path / MANIFEST, sealed)
-            fsync_dir(gen.path)
             fsync_dir(self.generations_dir)
             write_atomic(self.root / LATEST, (gen.name + "\n").encode())
             completed = self.root / COMPLETED

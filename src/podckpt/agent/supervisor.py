@@ -20,6 +20,7 @@ from podckpt.api import RestorePolicy, contract
 
 from . import exitcodes, log, pids
 from .errors import AgentError, StoreError
+from .lazysupervision import LazySupervision
 from .log import Timer
 
 TYPE_CHECKING = False
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from podckpt.api import CheckpointSettings
 
     from .context import Context
+    from .lazy import LazyTransfer
     from .settings import LiveSettings
     from .store import Generation
 
@@ -111,7 +113,7 @@ def process_age() -> float | None:
     return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
 
 
-class Supervisor:
+class Supervisor(LazySupervision):
     def __init__(  # noqa: PLR0917 - one call site, every argument named there
         self,
         argv: Sequence[str],
@@ -140,6 +142,10 @@ class Supervisor:
         self._next_periodic: float | None = None
         #: Started by the CLI when a fresh start is certain (no checkpoint to restore).
         self.early_floor: pids.EarlyFloor | None = None
+        #: time.monotonic() when the last SIGTERM was read: the grace period runs from there.
+        self._sigterm_at = 0.0
+        #: A lazy restore's page transfer until its last page is in (lazy.py).
+        self.lazy: LazyTransfer | None = None
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -179,7 +185,10 @@ class Supervisor:
             else:
                 from .restore import NotHere, restore_latest  # noqa: PLC0415 - only when restoring
 
-                restored = restore_latest(ctx, diagnosis=self.settings.diagnosis)
+                mode = self.settings.restore_mode
+                restored = restore_latest(
+                    ctx, diagnosis=self.settings.diagnosis, mode=mode.value if mode else None
+                )
                 if isinstance(restored, NotHere):
                     # Not a failure, whatever the restore policy: this container is meant to
                     # start fresh (restarted inside its pod, or a pod of a new revision).
@@ -192,6 +201,7 @@ class Supervisor:
                     )
                 elif restored is not None:
                     self.root = restored.root_pid
+                    self.lazy = restored.lazy
                     lineage = restored.manifest.lineage_start
                     if lineage is not None:
                         ctx.lineage_start = lineage
@@ -308,17 +318,23 @@ class Supervisor:
         if self._control is not None:
             sel.register(self._control, selectors.EVENT_READ, "control")
         self._schedule_periodic()
+        watched: int | None = None
         while (code := self.exit_code) is None:
+            watched = self._watch_lazy(sel, watched)
             timeout = None
             if self._next_periodic is not None:
                 timeout = max(0.0, self._next_periodic - time.monotonic())
-            for key, _ in sel.select(timeout):
+            for key, _ in sel.select(self._lazy_timeout(timeout)):
                 if key.data == "signals":
                     self._drain_signals()
                 elif key.data == "control":
                     self._serve_control()
+                elif key.data == "lazy":
+                    self._lazy_event()
                 if self.finished():
                     break
+            if self.lazy is not None and time.monotonic() >= self.lazy.next_check:
+                self._lazy_event()
             if (
                 not self.finished()
                 and self._next_periodic is not None
@@ -339,6 +355,7 @@ class Supervisor:
             if signum == signal.SIGCHLD:
                 self._reap()
             elif signum == signal.SIGTERM:
+                self._sigterm_at = time.monotonic()
                 self._on_sigterm()
             else:
                 self._forward(signum)
@@ -359,12 +376,18 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if self.lazy is not None and pid == self.lazy.pid:
+                self.lazy.exited(status)
+                self._lazy_event()
+                continue
             if pid == self.root:
                 self._root_exited(status)
                 return
 
     def _root_exited(self, status: int) -> None:
         code = exitcodes.from_wait_status(status)
+        if self.lazy is not None and not self._lazy_exit_sound():
+            return  # it ran on a bad restore: restored again (older generation, or fresh)
         if self.checkpointed:
             self.exit_code = exitcodes.CHECKPOINTED
             log.emit("exit", "checkpointed", code=self.exit_code)
@@ -400,8 +423,28 @@ class Supervisor:
             )
             self._forward(signal.SIGTERM)
             return
+        if self._finish_lazy() != "ok":
+            # The lazy restore failed while the pod was being deleted: nothing to dump; the
+            # generation stays (LAZY-FAILED) for the next pod's full restore.
+            self.keep_generations = True
+            self.exit_code = exitcodes.CHECKPOINT_FAILED
+            log.emit("exit", "not-checkpointed", code=self.exit_code, why="lazy restore failed")
+            return
         from . import checkpoint  # noqa: PLC0415 - not needed before the application starts
 
+        decision = checkpoint.deadline_decision(self.ctx, self.root, self._sigterm_at)
+        if decision is not None and not decision.fits:
+            self.keep_generations = True
+            log.emit(
+                "dump",
+                "skipped",
+                reason="sigterm",
+                why="the dump cannot finish in what is left of the grace period",
+                then="SIGTERM forwarded",
+                **decision.as_dict(),
+            )
+            self._forward(signal.SIGTERM)
+            return
         try:
             outcome = checkpoint.dump(self.ctx, self.root, settings, final=True, reason="sigterm")
         except AgentError as exc:
@@ -420,6 +463,10 @@ class Supervisor:
     def checkpoint_now(self, reason: str, settings: CheckpointSettings) -> dict[str, Any]:
         if self.ctx is None or self.root is None:
             return {"ok": False, "error": "the agent has no checkpoint store (--store)"}
+        lazy = self._finish_lazy()
+        if lazy != "ok":
+            self._restart(lazy == "again")
+            return {"ok": False, "error": "the lazy restore failed; the application restarts"}
         from . import checkpoint  # noqa: PLC0415 - not needed before the application starts
 
         try:

@@ -3,8 +3,9 @@ exactly the files it lists (no symlink, nothing planted, nothing missing, sizes)
 digests. Everything is read without following a symbolic link inside the store (inputs.py).
 
 `check` is cheap (only the manifest is read); `verify_contents` reads every listed file (or
-those under a prefix), so a restore can decide what to hash before CRIU reads the images and
-what to hash while it does.
+those under a prefix, or all but those `exclude` names), so a restore hashes the small files
+before CRIU reads the images and the page images while it does (integrity.py). Files digested
+in chunks are hashed by several threads at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from .manifest import Manifest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .store import Generation, Store
 
 MANIFEST = "manifest.json"
@@ -80,10 +83,21 @@ def check(store: Store, gen: Generation) -> Manifest:
     return manifest
 
 
-def verify_contents(store: Store, gen: Generation, manifest: Manifest, only: str = "") -> None:
-    """Every listed file (under `only`, a path prefix, when given) has its digest."""
+def verify_contents(
+    store: Store,
+    gen: Generation,
+    manifest: Manifest,
+    only: str = "",
+    exclude: Callable[[str], bool] | None = None,
+) -> None:
+    """Every listed file (under `only`, a path prefix, when given; not those `exclude`
+    selects) has its digest."""
+    chunked = {}
     for rel, entry in sorted(manifest.files.items()):
-        if not rel.startswith(only):
+        if not rel.startswith(only) or (exclude is not None and exclude(rel)):
+            continue
+        if entry.chunks is not None:
+            chunked[rel] = entry
             continue
         try:
             fd = open_beneath(gen.path, rel)
@@ -104,6 +118,12 @@ def verify_contents(store: Store, gen: Generation, manifest: Manifest, only: str
             raise GenerationInvalidError(
                 gen.name, f"{rel} is corrupted ({entry.algorithm} mismatch)"
             )
+    if chunked:
+        from .integrity import PageVerifier  # noqa: PLC0415 - threads only when needed
+
+        error = PageVerifier(gen.path, chunked).start().result()
+        if error is not None:
+            raise GenerationInvalidError(gen.name, error)
 
 
 def verify(store: Store, gen: Generation) -> Manifest:

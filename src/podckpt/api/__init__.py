@@ -17,6 +17,7 @@ from .keys import (
 from .settings import (
     DEFAULT_KEEP,
     CheckpointSettings,
+    RestoreMode,
     RestorePolicy,
     Source,
     injection_enabled,
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidValueError",
     "Key",
     "NamespaceKey",
+    "RestoreMode",
     "RestorePolicy",
     "Source",
     "format_downward_text",

@@ -102,6 +102,10 @@ class Env(enum.StrEnum):
     STORE_ACCEPT_UNSIGNED = "PODCKPT_STORE_ACCEPT_UNSIGNED"
     #: Seconds the CUDA driver's lock may wait for CUDA calls in flight (default 10).
     GPU_LOCK_TIMEOUT = "PODCKPT_GPU_LOCK_TIMEOUT_S"
+    #: Webhook: the pod's `terminationGracePeriodSeconds` (as the webhook set it). At SIGTERM
+    #: the agent does not start a dump that cannot finish before the kubelet's SIGKILL; it
+    #: forwards SIGTERM at once instead (docs/agent.md "The deadline").
+    GRACE_PERIOD = "PODCKPT_GRACE_PERIOD_SECONDS"
 
 
 #: Removed from the application's environment: none of ours reaches the application.

@@ -36,6 +36,8 @@ class Key(enum.StrEnum):
     RESTORE_POLICY = "restore-policy"
     #: Memory of one GPU of the pod (`80Gi`), when its model is not in the operator's table.
     GPU_MEMORY = "gpu-memory"
+    #: `lazy` or `full`: how a restore brings the memory back (default: by size, docs/agent.md).
+    RESTORE_MODE = "restore-mode"
 
 
 class NamespaceKey(enum.StrEnum):

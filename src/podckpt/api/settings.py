@@ -29,6 +29,17 @@ class RestorePolicy(enum.StrEnum):
     STRICT = "strict"
 
 
+class RestoreMode(enum.StrEnum):
+    """How a restore brings the application's memory back."""
+
+    #: The application runs as soon as its processes are rebuilt; its memory follows on
+    #: demand and in the background (CRIU lazy-pages, userfaultfd). Needs CRIU's privileged
+    #: capabilities and CAP_SYS_PTRACE in the container (docs/agent.md, "Lazy restore").
+    LAZY = "lazy"
+    #: The application runs once all of its memory is back.
+    FULL = "full"
+
+
 class Source(enum.StrEnum):
     """Where a key's effective value came from; reported in warnings and agent logs."""
 
@@ -62,6 +73,8 @@ class CheckpointSettings:
     restore_policy: RestorePolicy = RestorePolicy.LATEST
     #: Bytes of `gpu-memory` (memory of one GPU); None means from the GPU model, or assumed.
     gpu_memory: int | None = None
+    #: None: the agent chooses (lazy for large checkpoints when the container allows it).
+    restore_mode: RestoreMode | None = None
     #: Where each explicitly given key came from.
     sources: Mapping[Key, Source] = dataclasses.field(default_factory=dict)
     #: Soft problems: keys ignored because another key or source wins.
@@ -201,6 +214,9 @@ def _parse_one(key: Key, name: str, value: str, is_label: bool) -> dict[str, obj
             return {"restore_policy": RestorePolicy(values.parse_choice(name, value, choices))}
         case Key.GPU_MEMORY:
             return {"gpu_memory": values.parse_quantity(name, value)}
+        case Key.RESTORE_MODE:
+            modes = tuple(m.value for m in RestoreMode)
+            return {"restore_mode": RestoreMode(values.parse_choice(name, value, modes))}
     raise AssertionError(f"unhandled key {key}")  # pragma: no cover
 
 

@@ -59,6 +59,27 @@ def test_store_problems_the_agent_reports_are_warnings() -> None:
     assert "manifest is gone" in messages[2]
 
 
+def test_a_skipped_checkpoint_is_a_warning_with_the_deadline_figures() -> None:
+    message = "\n".join(
+        [
+            _line(
+                phase="dump",
+                outcome="skipped",
+                reason="sigterm",
+                bytes=3 * 2**30,
+                bytes_per_s=100 * 2**20,
+                throughput="measured",
+                estimate_s=39.65,
+                left_s=29.9,
+            ),
+            _line(phase="exit", outcome="not-checkpointed", code=203, app_code=0),
+        ]
+    )
+    (event,) = events.exit_events("app", ExitCode.CHECKPOINT_FAILED, message)
+    assert (event.type, event.reason) == ("Warning", "CheckpointSkipped")
+    assert "3072 MiB at 100 MiB/s measured need ~39.65 s, 29.9 s" in event.message
+
+
 def test_fresh_start_after_failed_restore_is_a_warning() -> None:
     text = _line(phase="restore", outcome="fallback-fresh", why="no generation could be restored")
     (event,) = events.start_events("app", text)

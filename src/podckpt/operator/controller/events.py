@@ -10,7 +10,7 @@ Each fact has one source, so that it is announced once:
   the store found damaged or unusable): the head of the started container's log
   (`start_events`). A container that ended before its log head
   was read gets them from its termination message instead (the handler decides);
-- **how a container ended** (checkpoint committed, checkpoint failed, agent failed): its
+- **how a container ended** (checkpoint committed, failed or skipped, agent failed): its
   termination, i.e. the exit code and the termination message (`exit_events`). The pod may
   vanish right after its containers exit, and its log with it; its status outlives both.
 """
@@ -146,6 +146,23 @@ def _commit_message(container: str, commit: dict[str, Any] | None, generation: s
     return f"container {container}: checkpoint generation {generation}{size_text}{_seconds(commit)}"
 
 
+def _skipped(container: str, record: dict[str, Any]) -> str:
+    """The agent's deadline check (agent/deadline.py) said no: its figures, in words."""
+    size, rate = record.get("bytes"), record.get("bytes_per_s")
+    figures = ""
+    if isinstance(size, int | float) and isinstance(rate, int | float) and rate > 0:
+        figures = (
+            f" ({size / 2**20:.0f} MiB at {rate / 2**20:.0f} MiB/s"
+            f" {record.get('throughput', 'assumed')} need ~{record.get('estimate_s')} s,"
+            f" {record.get('left_s')} s of the grace period were left)"
+        )
+    return (
+        f"container {container}: checkpoint skipped: it could not finish before the grace"
+        f" period ends{figures}; the application got SIGTERM at once; a replacement restores"
+        " the previous checkpoint, if any"
+    )
+
+
 def exit_events(container: str, exit_code: int | None, message: str) -> list[PodEvent]:
     """The Events of how a container instance ended: its exit code says what happened, its
     termination message (the agent's last lines) the details. Periodic and requested
@@ -176,6 +193,12 @@ def exit_events(container: str, exit_code: int | None, message: str) -> list[Pod
                 generation,
             )
         ]
+    if (
+        exit_code == ExitCode.CHECKPOINT_FAILED
+        and sigterm_dumps[-1:]
+        and (sigterm_dumps[-1].get("outcome") == "skipped")
+    ):
+        return [PodEvent(WARNING, "CheckpointSkipped", _skipped(container, sigterm_dumps[-1]))]
     if exit_code == ExitCode.CHECKPOINT_FAILED:
         failed: dict[str, Any] = next(
             (r for r in reversed(sigterm_dumps) if r.get("outcome") == "failed"), {}

@@ -1,0 +1,153 @@
+"""Checksums computed while a file is written, and verified in chunks (integrity.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from podckpt.agent import integrity
+from podckpt.agent.errors import GenerationInvalidError
+from podckpt.agent.integrity import CHUNK_BYTES, ImageHasher, PageVerifier
+from podckpt.agent.manifest import FileEntry
+from podckpt.agent.store import Store
+
+
+def _chunks(data: bytes) -> list[str]:
+    return [
+        hashlib.sha256(data[i : i + CHUNK_BYTES]).hexdigest()
+        for i in range(0, len(data), CHUNK_BYTES)
+    ]
+
+
+def _writer(path: Path, data: bytes, piece: int) -> threading.Thread:
+    """Appends data in pieces with short pauses, as CRIU writes a page image."""
+
+    def run() -> None:
+        with path.open("ab") as out:
+            for offset in range(0, len(data), piece):
+                out.write(data[offset : offset + piece])
+                out.flush()
+                time.sleep(0.001)
+
+    return threading.Thread(target=run)
+
+
+def test_images_are_hashed_while_they_are_written(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    first = os.urandom(2 * CHUNK_BYTES + 12345)
+    second = os.urandom(4096)
+    hasher = ImageHasher(tmp_path, threads=2)
+    hasher.start()
+    writers = [
+        _writer(tmp_path / "images" / "pages-1.img", first, 8 << 20),
+        _writer(tmp_path / "images" / "pages-2.img", second, 4096),
+    ]
+    for writer in writers:
+        writer.start()
+    (tmp_path / "images" / "core-1.img").write_bytes(b"not a page image")
+    for writer in writers:
+        writer.join()
+    digests = hasher.finish()
+    assert set(digests) == {"images/pages-1.img", "images/pages-2.img"}
+    assert digests["images/pages-1.img"].size == len(first)
+    assert list(digests["images/pages-1.img"].chunks or ()) == _chunks(first)
+    assert list(digests["images/pages-2.img"].chunks or ()) == _chunks(second)
+
+
+def test_an_empty_page_image_has_no_chunks(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "pages-1.img").write_bytes(b"")
+    hasher = ImageHasher(tmp_path, threads=1)
+    hasher.start()
+    digest = hasher.finish()["images/pages-1.img"]
+    assert (digest.size, digest.chunks) == (0, ())
+
+
+def _generation(tmp_path: Path, data: bytes) -> tuple[Path, FileEntry]:
+    gen = tmp_path / "gen"
+    (gen / "images").mkdir(parents=True)
+    (gen / "images" / "pages-1.img").write_bytes(data)
+    return gen, FileEntry(len(data), "sha256", "", tuple(_chunks(data)), CHUNK_BYTES)
+
+
+def test_verifier_accepts_matching_chunks_and_whole_file_entries(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK_BYTES + 100)
+    gen, entry = _generation(tmp_path, data)
+    (gen / "images" / "pages-2.img").write_bytes(b"old format")
+    old = FileEntry(10, "sha256", hashlib.sha256(b"old format").hexdigest())
+    entries = {"images/pages-1.img": entry, "images/pages-2.img": old}
+    verifier = PageVerifier(gen, entries, threads=2).start()
+    assert verifier.result() is None
+    assert verifier.bytes == len(data) + 10
+
+
+@pytest.mark.parametrize("damage", ["corrupted", "truncated", "missing"])
+def test_verifier_names_the_damage(tmp_path: Path, damage: str) -> None:
+    data = os.urandom(2 * CHUNK_BYTES)
+    gen, entry = _generation(tmp_path, data)
+    image = gen / "images" / "pages-1.img"
+    if damage == "corrupted":
+        with image.open("r+b") as f:
+            f.seek(CHUNK_BYTES + 7)
+            f.write(b"\xff\x00")
+    elif damage == "truncated":
+        os.truncate(image, CHUNK_BYTES)
+    else:
+        image.unlink()
+    wake_r, wake_w = os.pipe()
+    try:
+        verifier = PageVerifier(gen, {"images/pages-1.img": entry}, wake_fd=wake_w).start()
+        error = verifier.result()
+        assert os.read(wake_r, 1) == b"v"
+    finally:
+        os.close(wake_r)
+        os.close(wake_w)
+    assert error is not None
+    assert damage in error
+    if damage == "corrupted":
+        assert f"at byte {CHUNK_BYTES}" in error
+
+
+def test_store_commit_uses_digests_computed_during_the_dump(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store", "app")
+    store.open()
+    gen = store.begin()
+    data = os.urandom(CHUNK_BYTES + 1)
+    hasher = ImageHasher(gen.path, threads=2)
+    hasher.start()
+    (gen.images / "pages-1.img").write_bytes(data)
+    (gen.images / "inventory.img").write_bytes(b"inventory")
+    manifest = store.commit(gen, {"criu_version": "4.2.1"}, hasher.finish())
+    on_disk = json.loads((gen.path / "manifest.json").read_text())
+    assert on_disk == manifest
+    pages = manifest["checksums"]["images/pages-1.img"]
+    assert pages["sha256_chunks"]["digests"] == _chunks(data)
+    assert manifest["checksums"]["images/inventory.img"]["sha256"] == (
+        hashlib.sha256(b"inventory").hexdigest()
+    )
+    # Verified in full (a store check) and with the page images deferred (a restore).
+    assert store.verify(gen).generation == gen.name
+    checked = store.check(gen)
+    store.verify_contents(gen, checked, exclude=integrity.is_page_image)
+    deferred = {r: e for r, e in checked.files.items() if integrity.is_page_image(r)}
+    assert set(deferred) == {"images/pages-1.img"}
+    assert PageVerifier(gen.path, deferred).start().result() is None
+    with (gen.images / "pages-1.img").open("r+b") as f:
+        f.write(b"X")
+    with pytest.raises(GenerationInvalidError, match="sha256 mismatch at byte 0"):
+        store.verify(gen)
+    # Deferred: the restore goes on, the verifier catches it while CRIU reads.
+    store.verify_contents(gen, checked, exclude=integrity.is_page_image)
+    assert "sha256 mismatch" in str(PageVerifier(gen.path, deferred).start().result())
+
+
+def test_page_images_are_recognised() -> None:
+    assert integrity.is_page_image("images/pages-12.img")
+    assert not integrity.is_page_image("images/pagemap-12.img")
+    assert not integrity.is_page_image("files/images/pages-1.img")
