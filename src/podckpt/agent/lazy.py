@@ -120,7 +120,8 @@ def choose(
     return True, None
 
 
-def _highest_pid(root: int) -> int:
+def highest_pid(root: int) -> int:
+    """The highest PID or TID of the tree of `root` (a restore again must stay clear of it)."""
     highest = 0
     for pid in proctree.members(root):
         highest = max([highest, pid, *proctree.threads(pid)])
@@ -197,7 +198,7 @@ class LazyTransfer:
 
     def started(self, root: int, deferred: Mapping[str, FileEntry]) -> None:
         """CRIU's restore returned: hold the userfaultfds, verify the page images."""
-        self.highest_pid = _highest_pid(root)
+        self.highest_pid = highest_pid(root)
         self._hold_uffds()
         self.verifier = integrity.PageVerifier(self.gen.path, deferred, wake_fd=self.wake_w)
         self.verifier.start()
@@ -326,7 +327,7 @@ class LazyTransfer:
         take them (pids.py); False when that is too far away (then the container restarts)."""
         highest = self.highest_pid
         if root is not None:
-            highest = max(highest, _highest_pid(root))
+            highest = max(highest, highest_pid(root))
             proctree.kill_tree(root)
         self.abort()
         from .restore import reap_leftovers  # noqa: PLC0415 - restore imports this module

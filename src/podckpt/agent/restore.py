@@ -182,10 +182,14 @@ def try_restore(
     if gpu_plan is not None:
         from . import gpu  # noqa: PLC0415 - only for generations with GPU state
 
+        highest = lazy.highest_pid(root)
         try:
             gpu.resume_restored(gpu_plan, root)  # the tree runs: the driver needs its thread
         except GpuError:
             files.remove(written)
+            # The floor is above 300 now: the next attempt's CRIU (and the agent's hashing
+            # threads) would take the ended tree's PIDs and TIDs, which it restores again.
+            pids.raise_floor(highest + 1)
             raise
         measured["gpu"] = gpu_plan.timings()
     return root, manifest, measured, transfer
