@@ -47,7 +47,8 @@ def test_holder_states() -> None:
     # still there well past its deadline: its node or kubelet is lost
     lost = NOW - LOST_AFTER_DEADLINE - dt.timedelta(seconds=1)
     assert holder_state(pod(deleted=lost), NOW) is GONE
-    assert holder_state(pod("Failed", deleted=NOW + dt.timedelta(seconds=5)), NOW) is GONE
+    # deleted and finished: the kubelet is releasing its volume, the replacement waits for it
+    assert holder_state(pod("Failed", deleted=NOW + dt.timedelta(seconds=5)), NOW) is TERMINATING
 
 
 def test_names() -> None:

@@ -9,10 +9,10 @@ without holding its slot any more; this module classifies every holder first:
 
 - `LIVE`: not deleted and not finished. Its slot is taken.
 - `TERMINATING`: deleted and within its grace period (plus a margin): its agent is writing the
-  checkpoint now. The replacement asks for **the same name**, so its create fails with
+  checkpoint now, or has and the kubelet is releasing its volume. The replacement asks for **the same name**, so its create fails with
   AlreadyExists until the old pod is gone, and then it restores exactly that checkpoint.
-- `GONE`: finished (Failed or Succeeded: evicted by the kubelet, shut down with its node,
-  preempted after its dump) or terminating past its deadline (its node or kubelet is lost and
+- `GONE`: finished without being deleted (Failed or Succeeded: evicted by the kubelet, shut
+  down with its node) or terminating past its deadline (its node or kubelet is lost and
   nothing will ever confirm its deletion). Its process tree is dead or unreachable and its
   checkpoint is final, but the object keeps its name: the replacement takes the slot under
   the next free name of the slot (`<workload>-slot-<n>-<k>`), deterministically, so that
@@ -80,17 +80,22 @@ def _timestamp(text: str) -> dt.datetime | None:
 def holder_state(
     pod: Mapping[str, Any], now: dt.datetime, lost_after: dt.timedelta = LOST_AFTER_DEADLINE
 ) -> HolderState:
-    """Classify a pod of a slot group (see the module docstring)."""
+    """Classify a pod of a slot group (see the module docstring).
+
+    A deleted pod is terminating until its deadline whatever its phase: the kubelet gives a
+    deleted pod a terminal phase once its containers have exited and only then unmounts its
+    volumes and removes it, and its replacement must wait for that (its volume released)."""
+    meta = pod.get("metadata") or {}
+    deleted = meta.get("deletionTimestamp")
+    if deleted:
+        deadline = _timestamp(str(deleted))
+        if deadline is not None and now > deadline + lost_after:
+            return HolderState.GONE
+        return HolderState.TERMINATING
     phase = (pod.get("status") or {}).get("phase")
     if phase in ("Failed", "Succeeded"):
         return HolderState.GONE
-    deleted = (pod.get("metadata") or {}).get("deletionTimestamp")
-    if not deleted:
-        return HolderState.LIVE
-    deadline = _timestamp(str(deleted))
-    if deadline is not None and now > deadline + lost_after:
-        return HolderState.GONE
-    return HolderState.TERMINATING
+    return HolderState.LIVE
 
 
 def slot_pod_name(identity: Identity, slot: int, attempt: int = 0) -> str:
