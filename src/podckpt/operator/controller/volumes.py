@@ -1,7 +1,8 @@
 """The checkpoint PVC of an identity, as a manifest (pure; the handler creates it).
 
 Size: `checkpoint-volume-size`, else derived from the memory limits of the checkpointed
-containers (`podckpt.operator.domain.sizing.volume_size`: (limits + 10 % + 256 MiB) x (keep + 1)).
+containers as admitted, i.e. with the agent's 64 MiB allowance (`sizing.volume_size`:
+(limits + 10 % + 256 MiB) x (keep + 1)).
 Class: `checkpoint-storage-class`, else none given, so the cluster's default class applies.
 Owner: the top-level workload (Deployment, StatefulSet, Job, bare ReplicaSet), so that deleting
 the workload deletes its checkpoints through Kubernetes garbage collection, and nothing else

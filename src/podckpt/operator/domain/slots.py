@@ -9,8 +9,9 @@ without holding its slot any more; this module classifies every holder first:
 
 - `LIVE`: not deleted and not finished. Its slot is taken.
 - `TERMINATING`: deleted and within its grace period (plus a margin): its agent is writing the
-  checkpoint now, or has and the kubelet is releasing its volume. The replacement asks for **the same name**, so its create fails with
-  AlreadyExists until the old pod is gone, and then it restores exactly that checkpoint.
+  checkpoint now, or has and the kubelet is releasing its volume. The replacement asks for
+  **the same name**, so its create fails with AlreadyExists until the old pod is gone, and
+  then it restores exactly that checkpoint.
 - `GONE`: finished without being deleted (Failed or Succeeded: evicted by the kubelet, shut
   down with its node) or terminating past its deadline (its node or kubelet is lost and
   nothing will ever confirm its deletion). Its process tree is dead or unreachable and its
