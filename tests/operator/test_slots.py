@@ -20,6 +20,10 @@ CLAIM = "podckpt.io/claim"
 
 
 def _deployment(kube: Kube, namespace: str, replicas: int) -> list[dict[str, Any]]:
+    pod_template = template({**ON, "app": "web"})
+    # No scheduler places these pods (the node tier may run one in this session): the tests
+    # bind them themselves.
+    pod_template["spec"]["schedulerName"] = "podckpt-test-nobody"
     kube.apps.create_namespaced_deployment(
         namespace,
         {
@@ -27,7 +31,7 @@ def _deployment(kube: Kube, namespace: str, replicas: int) -> list[dict[str, Any
             "spec": {
                 "replicas": replicas,
                 "selector": {"matchLabels": {"app": "web"}},
-                "template": template({**ON, "app": "web"}),
+                "template": pod_template,
             },
         },
     )
