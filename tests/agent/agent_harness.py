@@ -25,9 +25,11 @@ MODE = "memverge.ai/checkpoint-mode"
 
 
 def log_lines(sandbox: Sandbox) -> list[dict[str, Any]]:
-    """The agent's JSON log lines on the sandbox's stderr."""
+    """The agent's JSON log lines on the sandbox's stderr (on its stdout too: a terminal or a
+    file there carries both)."""
     lines = []
-    for line in sandbox.stderr_text().splitlines():
+    text = sandbox.stderr_text() + "\n" + sandbox.stdout_text().replace("\r\n", "\n")
+    for line in text.splitlines():
         if line.startswith("{"):
             try:
                 record = json.loads(line)
@@ -47,7 +49,8 @@ def phases(sandbox: Sandbox, phase: str, outcome: str | None = None) -> list[dic
 
 
 def counts(sandbox: Sandbox) -> list[int]:
-    return [int(m) for m in re.findall(r"^count (\d+)$", sandbox.stdout_text(), re.MULTILINE)]
+    text = sandbox.stdout_text().replace("\r\n", "\n")
+    return [int(m) for m in re.findall(r"^count (\d+)\b", text, re.MULTILINE)]
 
 
 def wait_count(sandbox: Sandbox, minimum: int, timeout: float = 20) -> list[int]:
@@ -79,6 +82,9 @@ class AgentHarness:
         store: str = "/store/app",
         container: str = "app",
         entry: Sequence[str] = ("python3", "-m", "podckpt.agent"),
+        tty: bool = False,
+        stdout_file: Path | None = None,
+        addresses: Sequence[str] = (),
     ) -> Sandbox:
         args = ["--store", store, "--container", container]
         if labels is not None:
@@ -101,6 +107,9 @@ class AgentHarness:
             env={"PYTHONPATH": "/opt/podckpt", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
             capabilities=capabilities,
             seccomp=seccomp,
+            tty=tty,
+            stdout_file=stdout_file,
+            addresses=addresses,
         )
 
     def set_labels(self, labels: dict[str, str]) -> None:

@@ -18,9 +18,10 @@ import dataclasses
 import os
 import shutil
 
-from podckpt.api import CheckpointSettings
+from podckpt.api import CheckpointSettings, Key, qualified
+from podckpt.api.criuopts import Phase, for_phase
 
-from . import AGENT_VERSION, criu, deadline, files, gpu, integrity, log, proctree
+from . import AGENT_VERSION, criu, deadline, files, gpu, images, integrity, log, proctree, stdio
 from .context import Context
 from .errors import (
     AgentError,
@@ -81,13 +82,15 @@ def _check_members(members: list[int]) -> None:
         for fd in _list(f"/proc/{pid}/fd"):
             if proctree.fd_target(pid, int(fd)) == "anon_inode:[io_uring]":
                 raise UnsupportedProcessError(
-                    f"process {pid} holds an io_uring instance, which CRIU cannot checkpoint"
-                    " (make the application fall back to epoll)"
+                    f"process {pid} holds an io_uring instance, which CRIU cannot checkpoint;"
+                    f" set {qualified(Key.CHECKPOINT_IO_URING)}: deny (its runtime then falls"
+                    " back to epoll)"
                 )
-        if _ns(str(pid), "ipc") == own_ipc and _has_sysv_shm(pid):
+        if _ns(str(pid), "ipc") == own_ipc and (_has_sysv_shm(pid) or _uses_sysv_msg(pid)):
             raise UnsupportedProcessError(
-                f"process {pid} maps System V shared memory of the container's IPC namespace;"
-                " CRIU saves it only with an IPC namespace of the application's own"
+                f"process {pid} uses System V IPC of the pod's IPC namespace; CRIU saves it"
+                " only with an IPC namespace of the application's own: set"
+                f" {qualified(Key.CHECKPOINT_IPC_NAMESPACE)}: private"
             )
 
 
@@ -128,14 +131,19 @@ def deadline_decision(ctx: Context, root: int, sigterm_at: float) -> deadline.De
         )
 
 
-def stdio_identities(root: int) -> dict[str, str]:
-    """What the root's fds 0-2 are (`pipe:[1234]`), for `--inherit-fd` at restore."""
-    result = {}
-    for fd in (0, 1, 2):
-        target = proctree.fd_target(root, fd)
-        if target is not None:
-            result[str(fd)] = target
-    return result
+def _uses_sysv_msg(pid: int) -> bool:
+    """A message queue of the namespace last sent to or received by `pid` (the kernel keeps
+    no other owner record for queues; semaphores have none at all)."""
+    try:
+        with open("/proc/sysvipc/msg") as queues:
+            lines = queues.read().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 7 and str(pid) in (fields[5], fields[6]):
+            return True
+    return False
 
 
 def dump(
@@ -157,8 +165,12 @@ def dump(
         # CRIU as another user than root runs in its unprivileged mode only.
         privileged = ctx.privileged and not as_user
         with _reading_proc_of(uid, gid):
-            stdio = stdio_identities(root)
+            streams = stdio.identities(root)
+            stopped_before = proctree.stopped(proctree.members(root))
             cuda_tasks = gpu.scan(proctree.members(root))
+        options = for_phase(settings.checkpoint_options, Phase.DUMP)
+        keep_stopped: list[int] = stopped_before
+        stop_signals: dict[str, int] = {}
         gen = store.begin()
         stopped = False
         suspended: gpu.Suspended | None = None
@@ -177,6 +189,8 @@ def dump(
                         gen.images,
                         privileged=privileged,
                         irmap_scan_paths=settings.irmap_scan_paths,
+                        options=options,
+                        externals=stdio.dump_externals(streams),
                     ),
                     gen.path / "dump.log",
                     preexec=preexec,
@@ -188,6 +202,10 @@ def dump(
                 digests = hasher.finish()
             stopped = True
             stopped_timer = Timer()
+            from_images = images.stopped_tasks(gen.images)
+            if from_images is not None:
+                keep_stopped = sorted(from_images)
+                stop_signals = {str(p): s for p, s in from_images.items() if s}
             log.emit(
                 "dump",
                 "ok",
@@ -211,7 +229,7 @@ def dump(
                 raise _explain_full(ctx, exc) from exc
             stopped_s = result.stats.get("frozen_time_us", 0) / 1e6 + stopped_timer.elapsed()
             if not final:
-                proctree.continue_tree(root)
+                proctree.continue_tree(root, keep_stopped)
                 stopped = False
                 if suspended is not None:
                     gpu.resume(suspended)
@@ -225,7 +243,10 @@ def dump(
                     "criu_privileged": privileged,
                     "criu_user": [uid, gid] if as_user else None,
                     "root_pid": root,
-                    "stdio": stdio,
+                    "stdio": streams,
+                    "criu_options": list(options),
+                    "stopped_pids": keep_stopped,
+                    "stop_signals": stop_signals,
                     "lineage_start": ctx.lineage_start,
                     "workload": ctx.workload,
                     "origin": ctx.origin,
@@ -254,7 +275,7 @@ def dump(
             )
         except BaseException:
             if stopped:
-                proctree.continue_tree(root)
+                proctree.continue_tree(root, keep_stopped)
             if suspended is not None:
                 gpu.undo(suspended.driver, suspended.pids)  # state-based: a no-op if resumed
             _keep_failed_log(ctx, gen.path / "dump.log", settings.diagnosis)

@@ -208,17 +208,25 @@ def run(
     return CriuResult(timer.elapsed(), parse_stats(done.stdout + "\n" + done.stderr))
 
 
-def common_args(*, privileged: bool) -> list[str]:
-    """Options shared by dump and restore.
+def common_args(*, privileged: bool, options: Sequence[str] = ()) -> list[str]:
+    """Options shared by dump and restore, then the workload's own `options` (canonical
+    names from podckpt.api.criuopts, already checked against its allowlist).
 
     `--manage-cgroups=ignore`: the new pod has other cgroups; the restored tree stays in the
     agent's. `--tcp-close`: the pod IP changes, so established connections cannot survive;
-    peers see them closed and reconnect, listeners are restored. `--file-locks`: applications
-    lock their own files (pid files, databases).
+    peers see them closed and reconnect, listeners are restored (unless the workload asked
+    for `tcp-established`: then `--network-lock nftables`, as the bundle has no iptables).
+    `--file-locks`: applications lock their own files (pid files, databases).
     """
-    args = ["--manage-cgroups=ignore", "--tcp-close", "--file-locks"]
+    names = {o.partition("=")[0] for o in options}
+    args = ["--manage-cgroups=ignore", "--file-locks"]
+    if "tcp-established" in names:
+        args.append("--network-lock=nftables")
+    elif "tcp-close" not in names:
+        args.append("--tcp-close")
     if not privileged:
         args.append("--unprivileged")
+    args += [f"--{o}" for o in options if o != "file-locks"]
     return args
 
 
@@ -229,14 +237,19 @@ def dump_args(
     privileged: bool,
     irmap_scan_paths: Sequence[str] = (),
     ghost_limit: int = 64 << 20,
+    options: Sequence[str] = (),
+    externals: Sequence[str] = (),
 ) -> list[str]:
     """`--leave-stopped`: the tree stays stopped after the dump so that the agent copies the
     files it holds open at exactly the dumped size, then kills it (SIGTERM) or continues it
-    (periodic checkpoint)."""
-    args = ["-t", str(pid), "-D", str(images), "--leave-stopped", f"--ghost-limit={ghost_limit}"]
+    (periodic checkpoint). `externals`: `--external` options of the container's streams
+    (stdio.dump_externals)."""
+    args = ["-t", str(pid), "-D", str(images), "--leave-stopped"]
+    if not any(o.startswith("ghost-limit=") for o in options):
+        args.append(f"--ghost-limit={ghost_limit}")
     for path in irmap_scan_paths:
         args.append(f"--irmap-scan-path={path}")
-    return args + common_args(privileged=privileged)
+    return args + list(externals) + common_args(privileged=privileged, options=options)
 
 
 def restore_args(
@@ -245,6 +258,7 @@ def restore_args(
     inherit: Mapping[int, str],
     *,
     privileged: bool,
+    options: Sequence[str] = (),
 ) -> list[str]:
     """`-d --restore-sibling`: the restored root becomes the agent's child, so the agent reaps
     it and gets its exit code. `--leave-stopped`: the agent moves the PID counter above the
@@ -257,4 +271,4 @@ def restore_args(
         args += ["--pidfile", str(pidfile)]
     for fd, key in sorted(inherit.items()):
         args.append(f"--inherit-fd=fd[{fd}]:{key}")
-    return args + common_args(privileged=privileged)
+    return args + common_args(privileged=privileged, options=options)

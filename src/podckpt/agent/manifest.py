@@ -143,6 +143,22 @@ class Manifest:
         return frozenset(self.body.get("setid_files") or ())
 
     @property
+    def criu_options(self) -> tuple[str, ...]:
+        """The workload's CRIU options the dump used (checked against the allowlist by
+        `parse`): the restore of the image needs some of them too."""
+        return tuple(self.body.get("criu_options") or ())
+
+    @property
+    def stopped_pids(self) -> frozenset[int]:
+        """Tasks dumped stopped (the application stopped them): they stay stopped."""
+        return frozenset(self.body.get("stopped_pids") or ())
+
+    @property
+    def stop_signals(self) -> dict[int, int]:
+        """PID -> the signal that stopped it, for tasks dumped stopped (CRIU's stop_signo)."""
+        return {int(p): int(s) for p, s in (self.body.get("stop_signals") or {}).items()}
+
+    @property
     def total_bytes(self) -> int:
         return sum(entry.size for entry in self.files.values())
 
@@ -234,7 +250,36 @@ def parse(
     setid = body.get("setid_files", [])
     if not isinstance(setid, list) or any(safe_abspath(p) is None for p in setid):
         raise GenerationInvalidError(name, "manifest.json: setid_files is not a list of paths")
+    _check_transparency_fields(body, name)
     return Manifest(name, fmt, authenticated, files, body)
+
+
+def _check_transparency_fields(body: dict[str, Any], name: str) -> None:
+    """`criu_options` reach CRIU's command line at restore: only what the allowlist admits
+    (a manifest without an HMAC is only as trustworthy as the volume). `stopped_pids` are
+    PIDs."""
+    from podckpt.api import InvalidValueError  # noqa: PLC0415 - api is imported anyway
+    from podckpt.api.criuopts import parse_options  # noqa: PLC0415
+
+    options = body.get("criu_options", [])
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        raise GenerationInvalidError(name, "manifest.json: criu_options is not a list of strings")
+    try:
+        if tuple(options) != parse_options("criu_options", ",".join(options)):
+            raise GenerationInvalidError(name, "manifest.json: criu_options are not canonical")
+    except InvalidValueError as exc:
+        raise GenerationInvalidError(name, f"manifest.json: {exc}") from None
+    stopped = body.get("stopped_pids", [])
+    if not isinstance(stopped, list) or not all(
+        type(p) is int and 0 < p < 1 << 22 for p in stopped
+    ):
+        raise GenerationInvalidError(name, "manifest.json: stopped_pids is not a list of PIDs")
+    signals = body.get("stop_signals", {})
+    if not isinstance(signals, dict) or not all(
+        isinstance(p, str) and p.isdigit() and type(s) is int and 0 < s < 65
+        for p, s in signals.items()
+    ):
+        raise GenerationInvalidError(name, "manifest.json: stop_signals is not PID -> signal")
 
 
 def _authenticate(body: dict[str, Any], name: str, trust: Trust) -> bool:

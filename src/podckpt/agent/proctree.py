@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Collection
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -67,11 +68,33 @@ def signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def continue_tree(root: int) -> int:
-    """SIGCONT every member (after `criu --leave-stopped`); returns how many."""
-    pids = members(root)
+def stopped(pids: list[int]) -> list[int]:
+    """The processes among `pids` that are stopped by a signal (state `T`): the application
+    stopped them itself (SIGSTOP to a child, job control), and they must stay stopped."""
+    return [pid for pid in pids if state_of(pid) == "T"]
+
+
+def continue_tree(root: int, keep_stopped: Collection[int] = ()) -> int:
+    """SIGCONT every member (after `criu --leave-stopped`) except those the application had
+    stopped itself (CRIU dumps and restores them stopped; waking them would change what the
+    application sees: zdtm `static/stopped`). Returns how many were continued."""
+    pids = [pid for pid in members(root) if pid not in keep_stopped]
     signal_all(pids, signal.SIGCONT)
     return len(pids)
+
+
+def restop(stop_signals: dict[int, int]) -> None:
+    """Give tasks dumped stopped by another signal than SIGSTOP (SIGTSTP, SIGTTIN, SIGTTOU:
+    job control) that signal back. `criu restore --leave-stopped` stops every task with
+    SIGSTOP, which is what their parent would then see (zdtm `static/stopped03`); raw CRIU
+    stops them with their own. A stopped task cannot be given another stop signal without a
+    SIGCONT first (SIGCONT discards pending stop signals), so such a task gets SIGCONT and at
+    once its signal: its parent sees one more continue/stop pair, with the right signal."""
+    for pid, signo in stop_signals.items():
+        if signo and signo != signal.SIGSTOP:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signo)
 
 
 def kill_tree(root: int) -> None:

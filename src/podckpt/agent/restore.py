@@ -21,7 +21,9 @@ import dataclasses
 import os
 from typing import Any
 
-from . import criu, deadline, files, integrity, lazy, log, pids, proctree
+from podckpt.api.criuopts import Phase, for_phase, has, mirrored
+
+from . import criu, deadline, files, integrity, lazy, log, pids, proctree, stdio
 from .context import Context
 from .errors import (
     AgentError,
@@ -40,7 +42,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import gpu
 
-_INHERITABLE = ("pipe:", "socket:")
 _FD_BASE = 100  # the new stdio is passed to CRIU at fds 100-102, its own stdio stays captured
 
 
@@ -74,16 +75,20 @@ class GenerationRefused(GenerationInvalidError):
     (a mistyped command must not cost the checkpoint that fixing it would restore)."""
 
 
-def inherit_map(stdio: dict[str, str]) -> dict[int, str]:
-    """fd number CRIU gets → dumped identity it replaces (`pipe:[1234]`), once per identity."""
-    result: dict[int, str] = {}
-    seen: set[str] = set()
-    for fd in ("1", "2", "0"):
-        key = stdio.get(fd)
-        if key and key.startswith(_INHERITABLE) and key not in seen:
-            seen.add(key)
-            result[_FD_BASE + int(fd)] = key
-    return result
+def inherit_map(streams: dict[str, str]) -> dict[int, str]:
+    """fd number CRIU gets → dumped identity it replaces (`pipe:[1234]`, `tty[...]`,
+    `file[...]`), once per identity (stdio.inherit_map)."""
+    return stdio.inherit_map(streams, _FD_BASE)
+
+
+def restore_options(manifest: Manifest, asked: tuple[str, ...]) -> tuple[str, ...]:
+    """What the restore of this image needs from its dump (`tcp-established` dumped needs it
+    at restore too), then the workload's restore options (which may say `tcp-close`)."""
+    dumped = manifest.criu_options
+    wanted = dict.fromkeys((*mirrored(dumped), *for_phase(asked, Phase.RESTORE)))
+    if has(tuple(wanted), "tcp-close"):
+        wanted.pop("tcp-established", None)
+    return tuple(wanted)
 
 
 def _compatible(ctx: Context, gen: Generation, manifest: Manifest) -> None:
@@ -133,10 +138,11 @@ def try_restore(
     manifest: Manifest | None = None,
     *,
     mode: str | None = None,
+    asked: tuple[str, ...] = (),
 ) -> tuple[int, Manifest, dict[str, Any], lazy.LazyTransfer | None]:
     """Restore one generation (whose `store.check`ed manifest may be given); returns the root
     PID (running), the manifest, what the restore measured and, for a lazy restore, its page
-    transfer (still running).
+    transfer (still running). `asked`: the workload's restore options.
 
     Full restore: the page images are verified while CRIU reads them (integrity.py); the tree
     stays stopped until they match and is killed unrun when they do not. Lazy restore
@@ -144,6 +150,10 @@ def try_restore(
     if manifest is None:
         manifest = ctx.store.check(gen)
     _compatible(ctx, gen, manifest)
+    mismatch = stdio.unrestorable(manifest.stdio, ctx.stdio_fds)
+    if mismatch is not None:
+        raise GenerationRefused(gen.name, mismatch)
+    options = restore_options(manifest, asked)
     gpu_plan = _gpu_plan(gen, manifest)  # before the checksums: cheap, and may refuse
     ctx.store.verify_contents(gen, manifest, exclude=integrity.is_page_image)
     pages = {rel: e for rel, e in manifest.files.items() if integrity.is_page_image(rel)}
@@ -153,7 +163,9 @@ def try_restore(
     transfer = _lazy_transfer(ctx, gen, manifest, mode) if gpu_plan is None else None
     verifier = None if transfer else integrity.PageVerifier(gen.path, pages).start()
     try:
-        result, written = _criu_restore(ctx, gen, manifest, root, transfer)
+        result, written, closed_because = _criu_restore(
+            ctx, gen, manifest, root, transfer, options=options
+        )
     except BaseException as exc:
         if verifier is not None:
             verifier.cancel()
@@ -171,13 +183,18 @@ def try_restore(
     if transfer is not None:
         transfer.started(root, pages)
     floor = pids.raise_floor()
-    proctree.continue_tree(root)
+    # Not the tasks the application had stopped itself; those stopped by another signal
+    # than SIGSTOP get it back (--leave-stopped stopped them all with SIGSTOP).
+    proctree.continue_tree(root, keep_stopped=manifest.stopped_pids)
+    proctree.restop(manifest.stop_signals)
     measured: dict[str, Any] = {
         "restore_stats": result.stats,
         "restore_s": result.duration_s,
         "pid_floor": floor.as_dict(),
         "verify_wait_s": round(waited.elapsed(), 4) if verifier is not None else None,
         "mode": "lazy" if transfer is not None else "full",
+        "restore_options": list(options),
+        "connections_closed": closed_because,
     }
     if gpu_plan is not None:
         from . import gpu  # noqa: PLC0415 - only for generations with GPU state
@@ -221,20 +238,40 @@ def _criu_restore(
     manifest: Manifest,
     root: int,
     transfer: lazy.LazyTransfer | None,
-) -> tuple[criu.CriuResult, list[str]]:
+    *,
+    options: tuple[str, ...] = (),
+) -> tuple[criu.CriuResult, list[str], str | None]:
     """Put the saved files back and run CRIU; the restored tree is left stopped. Returns
-    CRIU's result and the files put back."""
+    CRIU's result, the files put back and, when `tcp-established` could not be kept, why.
+
+    With `tcp-established`, a restore that fails (the pod's IP is not the dumped one, or the
+    network does not allow it) is run once more with `--tcp-close`: the application comes
+    back with its connections closed, as without the option."""
     written = files.put_back(gen.path, manifest.setid_files)
     inherit = inherit_map(manifest.stdio)
-    passed = []
+    passed: list[int] = []
+    closed_because: str | None = None
+
+    def run(chosen: tuple[str, ...]) -> criu.CriuResult:
+        args = criu.restore_args(
+            gen.images, None, inherit, privileged=ctx.privileged, options=chosen
+        )
+        if transfer is not None:
+            args += transfer.restore_args()
+        return criu.run(ctx.criu, "restore", args, gen.path / "restore.log", pass_fds=passed)
+
     try:
         for fd in inherit:
             os.dup2(ctx.stdio_fds[fd - _FD_BASE], fd, inheritable=True)
             passed.append(fd)
-        args = criu.restore_args(gen.images, None, inherit, privileged=ctx.privileged)
-        if transfer is not None:
-            args += transfer.restore_args()
-        result = criu.run(ctx.criu, "restore", args, gen.path / "restore.log", pass_fds=passed)
+        try:
+            result = run(options)
+        except CriuFailedError as exc:
+            if not has(options, "tcp-established") or transfer is not None:
+                raise
+            closed_because = str(exc)
+            reap_leftovers()
+            result = run((*(o for o in options if o != "tcp-established"), "tcp-close"))
         _check_child(root)
     except BaseException:
         files.remove(written)
@@ -242,7 +279,7 @@ def _criu_restore(
     finally:
         for fd in passed:
             os.close(fd)
-    return result, written
+    return result, written, closed_because
 
 
 def _gpu_plan(gen: Generation, manifest: Manifest) -> gpu.RestorePlan | None:
@@ -288,6 +325,12 @@ def reap_leftovers(timeout: float = 2.0) -> None:
             time.sleep(0.01)
 
 
+def _closed_why(error: str | None) -> str | None:
+    if error is None:
+        return None
+    return f"the restore with tcp-established failed ({error[-300:]}); restored with tcp-close"
+
+
 def log_cleanup(removed: list[Removed]) -> None:
     """One line per reason: what was removed and what had happened to it."""
     reasons: dict[str, list[str]] = {}
@@ -299,12 +342,17 @@ def log_cleanup(removed: list[Removed]) -> None:
 
 
 def restore_latest(
-    ctx: Context, *, diagnosis: bool, mode: str | None = None
+    ctx: Context,
+    *,
+    diagnosis: bool,
+    mode: str | None = None,
+    options: tuple[str, ...] = (),
 ) -> Restored | NotHere | None:
     """Try every candidate, newest first. None: nothing could be restored. NotHere: the
     newest candidate (or the next after failed ones) does not belong in this container;
     nothing older is tried (it is the past of the same program). `mode`: the `restore-mode`
-    key (lazy, full; None: by size, lazy.choose)."""
+    key (lazy, full; None: by size, lazy.choose). `options`: the workload's restore options
+    (`restore-advanced-options`, `MMC_RESTORE_ADVANCED_OPTIONS`)."""
     store = ctx.store
     attempts: list[dict[str, str]] = []
     with store.lock():
@@ -312,7 +360,7 @@ def restore_latest(
         if store.latest_problem:
             log.emit("store", "damaged", error=store.latest_problem, then="newest manifest used")
         for gen in store.candidates():
-            restored = _restore_one(ctx, gen, attempts, mode)
+            restored = _restore_one(ctx, gen, attempts, mode, options)
             if restored is None:
                 continue
             if isinstance(restored, Restored) and restored.lazy is None:
@@ -325,7 +373,11 @@ def restore_latest(
 
 
 def _restore_one(
-    ctx: Context, gen: Generation, attempts: list[dict[str, str]], mode: str | None
+    ctx: Context,
+    gen: Generation,
+    attempts: list[dict[str, str]],
+    mode: str | None,
+    options: tuple[str, ...] = (),
 ) -> Restored | NotHere | None:
     """One candidate: restored, not for here, or None (logged, in `attempts`, marked when it
     must be)."""
@@ -337,7 +389,9 @@ def _restore_one(
             elsewhere = not_here(ctx, gen, checked)
             if elsewhere is not None:
                 return elsewhere
-            root, manifest, measured, transfer = try_restore(ctx, gen, checked, mode=mode)
+            root, manifest, measured, transfer = try_restore(
+                ctx, gen, checked, mode=mode, asked=options
+            )
         except lazy.LazyRestoreFailed as exc:
             # CRIU's lazy restore failed where a full one may not: try this one again, in full.
             log.emit("restore", "failed", timer.elapsed(), generation=gen.name, mode="lazy",
@@ -382,9 +436,20 @@ def _restore_one(
         criu_s=round(measured["restore_s"], 4),
         verify_wait_s=measured["verify_wait_s"],
         pid_floor=measured["pid_floor"],
+        criu_options=measured["restore_options"] or None,
+        connections_closed=_closed_why(measured["connections_closed"]),
         criu=measured["restore_stats"],
         authenticated=manifest.authenticated if store.trust.key else None,
         gpu=measured.get("gpu"),
     )
+    if measured["connections_closed"]:
+        log.emit(
+            "connections",
+            "closed",
+            generation=gen.name,
+            why="tcp-established: the connections could not be restored here (the pod's IP"
+            " or network differs); restored with tcp-close instead",
+            error=measured["connections_closed"],
+        )
     ctx.throughput = deadline.from_body(manifest.body) or ctx.throughput
     return Restored(gen.name, root, manifest, attempts, transfer)

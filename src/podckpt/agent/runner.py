@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from podckpt.api import RestorePolicy, contract
+from podckpt.api import CheckpointSettings, RestorePolicy, contract, criuopts
 
-from . import AGENT_VERSION, capabilities, criu, exitcodes, log, pids
+from . import AGENT_VERSION, capabilities, criu, exitcodes, isolation, log, pids
 from .context import Context
 from .errors import (
     AgentError,
@@ -160,6 +160,9 @@ def run_command(
 
     supervisor = Supervisor(argv, live, settings, ctx, container, started)
     supervisor.early_floor = early_floor
+    supervisor.isolation = _isolation(settings, ctx)
+    if ctx is not None:
+        _check_option_capabilities(settings, needed=settings.mode or bool(ctx.store.candidates()))
     become_subreaper()
     supervisor.install_signals()
     try:
@@ -170,6 +173,39 @@ def run_command(
         fail(str(exc))
     supervisor.open_control()
     return supervisor.run()
+
+
+def _isolation(settings: CheckpointSettings, ctx: Context | None) -> isolation.Isolation:
+    """What the application is started inside of. Without a store it is never dumped, so it
+    needs nothing; a dormant agent without the capability starts it without, and says so."""
+    wanted = isolation.decide(settings)
+    if ctx is None or not wanted.any:
+        return isolation.Isolation()
+    try:
+        isolation.check(wanted)
+    except EnvironmentProblem as exc:
+        if settings.mode:
+            fail(str(exc))
+        log.emit("start", "warning", warning=str(exc), then="started without it")
+        return isolation.Isolation()
+    return wanted
+
+
+def _check_option_capabilities(settings: CheckpointSettings, *, needed: bool) -> None:
+    """`tcp-established` needs CAP_NET_ADMIN (repair mode, network lock)."""
+    options = (*settings.checkpoint_options, *settings.restore_options)
+    absent = capabilities.missing(
+        criuopts.capabilities_for(options), capabilities.effective_capabilities()
+    )
+    if not absent:
+        return
+    message = (
+        "CRIU options " + ", ".join(options) + " need " + ", ".join(absent) + " in the"
+        " container (the podckpt webhook adds it to pods that ask)"
+    )
+    if needed:
+        fail(message)
+    log.emit("start", "warning", warning=message)
 
 
 def workload_identity(argv: list[str], revision: str | None) -> dict[str, object]:

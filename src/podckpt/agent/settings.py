@@ -13,6 +13,7 @@ everywhere (`podckpt.api.parse_settings`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from podckpt.api import (
     DownwardAPIFormatError,
     InvalidValueError,
     Key,
+    for_container,
     parse_settings,
     read_downward_file,
 )
@@ -44,17 +46,21 @@ class LiveSettings:
         self.last: CheckpointSettings | None = None
 
     def read(self) -> CheckpointSettings:
-        """Parse both files now. Without a labels file checkpointing is on (the agent was
-        wrapped around the entrypoint on purpose) unless a key says otherwise; with one,
+        """Parse both files now, then the container's own `MMC_*` variables (which win for
+        this container). Without a labels file checkpointing is on (the agent was wrapped
+        around the entrypoint on purpose) unless a key says otherwise; with one,
         `checkpoint-mode` decides (pod annotation, pod label, namespace)."""
         try:
             labels = _read(self.labels_file)
             annotations = _read(self.annotations_file)
-            settings = parse_settings(
-                labels,
-                annotations,
-                namespace_labels=self.namespace_labels,
-                namespace_annotations=self.namespace_annotations,
+            settings = for_container(
+                parse_settings(
+                    labels,
+                    annotations,
+                    namespace_labels=self.namespace_labels,
+                    namespace_annotations=self.namespace_annotations,
+                ),
+                os.environ,
             )
         except (InvalidValueError, DownwardAPIFormatError) as exc:
             raise UsageError(str(exc)) from exc

@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import stat
 import time
 from pathlib import Path
 
 from podckpt.api import RestorePolicy, contract
 
-from . import exitcodes, log, pids
+from . import exitcodes, log, pids, stdio
 from .errors import AgentError, StoreError
+from .isolation import Isolation
 from .lazysupervision import LazySupervision
 from .log import Timer
 
@@ -48,7 +48,6 @@ FORWARDED = tuple(
     if hasattr(signal, name)
 )  # fmt: skip
 _PR_SET_CHILD_SUBREAPER = 36
-_DEV_NULL = os.makedev(1, 3)
 
 
 def _noop(signum: int, frame: Any) -> None:
@@ -63,21 +62,6 @@ def become_subreaper() -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def stdio_actions() -> list[tuple[Any, ...]]:
-    """The application gets the agent's stdio, except that a /dev/null is reopened from the
-    container's own /dev: the runtime's /dev/null lives on a host mount that the container
-    cannot see, and CRIU refuses to dump a file on an unknown mount."""
-    actions: list[tuple[Any, ...]] = []
-    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_NULL and os.path.exists("/dev/null"):
-            actions.append((os.POSIX_SPAWN_OPEN, fd, "/dev/null", flags, 0))
-    return actions
 
 
 def application_user() -> tuple[int, int] | None:
@@ -137,7 +121,7 @@ class Supervisor(LazySupervision):
         self.checkpointed = False
         self._wake_r, self._wake_w = os.pipe()
         self._control: socket.socket | None = None
-        #: subprocess.Popen of an application started as another user (see _spawn_as).
+        #: subprocess.Popen of an application started by fork + exec (see _spawn_forked).
         self._app_process: Any = None
         self._next_periodic: float | None = None
         #: Started by the CLI when a fresh start is certain (no checkpoint to restore).
@@ -146,6 +130,8 @@ class Supervisor(LazySupervision):
         self._sigterm_at = 0.0
         #: A lazy restore's page transfer until its last page is in (lazy.py).
         self.lazy: LazyTransfer | None = None
+        #: What the application is started inside of (own IPC namespace, io_uring filter).
+        self.isolation = Isolation()
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -177,6 +163,9 @@ class Supervisor(LazySupervision):
         ctx = self.ctx
         policy = self.settings.restore_policy
         upto = None
+        # A terminal the runtime made the agent's own must be the application's: CRIU
+        # restores it as the restored session's, and a fresh application takes it.
+        stdio.release_terminal()
         if ctx is not None:
             if ctx.store.completed():
                 log.emit("restore", "skipped", why="the application completed in its last run")
@@ -187,7 +176,10 @@ class Supervisor(LazySupervision):
 
                 mode = self.settings.restore_mode
                 restored = restore_latest(
-                    ctx, diagnosis=self.settings.diagnosis, mode=mode.value if mode else None
+                    ctx,
+                    diagnosis=self.settings.diagnosis,
+                    mode=mode.value if mode else None,
+                    options=self.settings.restore_options,
                 )
                 if isinstance(restored, NotHere):
                     # Not a failure, whatever the restore policy: this container is meant to
@@ -242,18 +234,18 @@ class Supervisor(LazySupervision):
         user = application_user()
         floor = self.early_floor.result() if self.early_floor else pids.raise_floor()
         try:
-            if user is None:
+            if user is None and not self.isolation.any:
                 self.root = os.posix_spawnp(
                     self.argv[0],
                     self.argv,
                     application_env(),
-                    file_actions=stdio_actions(),
+                    file_actions=stdio.spawn_actions(),
                     setsid=True,
                     setsigdef=(*FORWARDED, signal.SIGCHLD, signal.SIGPIPE),
                     setsigmask=(),
                 )
             else:
-                self.root = self._spawn_as(user)
+                self.root = self._spawn_forked(user)
         except OSError as exc:
             raise AgentError(f"cannot start {self.argv[0]}: {exc.strerror}") from exc
         log.emit(
@@ -265,40 +257,50 @@ class Supervisor(LazySupervision):
             since_agent_start_s=round(time.monotonic() - self.started_at, 4),
             since_process_start_s=process_age(),
             pid_floor=floor.as_dict(),
+            isolation=self.isolation.as_log(),
         )
 
-    def _spawn_as(self, user: tuple[int, int]) -> int:
-        """Start the application as the user its container asked for.
+    def _spawn_forked(self, user: tuple[int, int] | None) -> int:
+        """Start the application by fork + exec: as the user its container asked for, and/or
+        inside what `isolation` asks for (posix_spawn can do neither).
 
         The webhook runs the agent as root (CRIU needs it) and hands the container's
         `runAsUser`/`runAsGroup` over in PODCKPT_APP_UID/GID; the application must still run
-        as that user, with no capabilities, as it would have without podckpt. posix_spawn
-        cannot change credentials, so this is subprocess's fork + exec. The supplementary
-        groups the runtime gave the agent (the pod's supplementalGroups and fsGroup) are kept.
+        as that user, with no capabilities, as it would have without podckpt. The
+        supplementary groups the runtime gave the agent (the pod's supplementalGroups and
+        fsGroup) are kept. The IPC namespace and the io_uring filter are set up before the
+        user changes (they need the agent's CAP_SYS_ADMIN): isolation.preexec.
         """
         import subprocess  # noqa: PLC0415 - only for applications of another user
 
-        uid, gid = user
-        stdio: list[int | None] = [None, None, None]
+        from . import isolation  # noqa: PLC0415 - ctypes: only when needed
+
+        streams: list[int | None] = [None, None, None]
         opened: list[int] = []
-        for action in stdio_actions():
+        terminal = False
+        for action in stdio.spawn_actions():
             _, fd, path, flags, _mode = action
-            reopened = os.open(path, flags)
-            stdio[fd] = reopened
+            reopened = os.open(path, flags | os.O_NOCTTY)
+            terminal = terminal or os.isatty(reopened)
+            streams[fd] = reopened
             opened.append(reopened)
+        preexec = isolation.preexec(
+            self.isolation,
+            terminal=terminal,
+            user=user,
+            groups=[g for g in os.getgroups() if g != 0],
+        )
         try:
             process = subprocess.Popen(
                 self.argv,
                 env=application_env(),
-                stdin=stdio[0],
-                stdout=stdio[1],
-                stderr=stdio[2],
+                stdin=streams[0],
+                stdout=streams[1],
+                stderr=streams[2],
                 close_fds=False,
                 start_new_session=True,
                 restore_signals=True,
-                user=uid,
-                group=gid,
-                extra_groups=[g for g in os.getgroups() if g != 0],
+                preexec_fn=preexec,  # noqa: PLW1509 - the PID-floor thread is done by now
             )
         finally:
             for fd in opened:

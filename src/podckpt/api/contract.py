@@ -106,6 +106,12 @@ class Env(enum.StrEnum):
     #: the agent does not start a dump that cannot finish before the kubelet's SIGKILL; it
     #: forwards SIGTERM at once instead (docs/agent.md "The deadline").
     GRACE_PERIOD = "PODCKPT_GRACE_PERIOD_SECONDS"
+    #: Webhook: `private` when the application gets an IPC namespace of its own (the pod's
+    #: `checkpoint-ipc-namespace`, its namespace default, or `auto` resolved by the webhook,
+    #: which alone sees whether the container is alone in its pod); `pod` otherwise.
+    IPC_NAMESPACE = "PODCKPT_IPC_NAMESPACE"
+    #: Webhook: `deny` when io_uring_setup must fail for the application (`checkpoint-io-uring`).
+    IO_URING = "PODCKPT_IO_URING"
 
 
 #: Removed from the application's environment: none of ours reaches the application.
@@ -130,6 +136,11 @@ USER_DUMP_CAPABILITIES: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID", "CAP_DAC_
 
 #: CRIU needs it to dump and restore TCP sockets in repair mode (`--tcp-established`).
 TCP_CAPABILITIES: tuple[str, ...] = ("CAP_NET_ADMIN",)
+
+#: An IPC namespace of the application's own (unshare; CRIU recreates it) or its io_uring
+#: seccomp filter (installed without no_new_privs; CRIU suspends it for the dump:
+#: PTRACE_O_SUSPEND_SECCOMP): CAP_SYS_ADMIN, measured (docs/agent.md "Isolation").
+ISOLATION_CAPABILITIES: tuple[str, ...] = ("CAP_SYS_ADMIN",)
 
 
 def kubernetes_capability(name: str) -> str:

@@ -1,8 +1,9 @@
 """Every user-facing key, named once.
 
 The names are the documented API of the MemVerge Transparent Checkpoint Operator (the first
-eight) plus podckpt's own extensions. The webhook, the controller and the agent refer to keys
-only through this module, so a key is never spelled twice.
+eight, then the two `*-advanced-options` of its later documentation) plus podckpt's own
+extensions. The webhook, the controller and the agent refer to keys only through this module,
+so a key is never spelled twice.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class Key(enum.StrEnum):
     GPU_MEMORY = "gpu-memory"
     #: `lazy` or `full`: how a restore brings the memory back (default: by size, docs/agent.md).
     RESTORE_MODE = "restore-mode"
+    # Documented by the product after the user guide: CRIU options per workload.
+    CHECKPOINT_ADVANCED_OPTIONS = "checkpoint-advanced-options"
+    RESTORE_ADVANCED_OPTIONS = "restore-advanced-options"
+    # podckpt's own: what the application is isolated from, so that CRIU can move it.
+    CHECKPOINT_IPC_NAMESPACE = "checkpoint-ipc-namespace"
+    CHECKPOINT_IO_URING = "checkpoint-io-uring"
 
 
 class NamespaceKey(enum.StrEnum):

@@ -13,7 +13,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 
-from . import values
+from . import criuopts, values
 from .errors import InvalidValueError
 from .keys import DEFAULT_EXCLUDED_CONTAINERS, Key, NamespaceKey, key_prefix
 
@@ -40,6 +40,34 @@ class RestoreMode(enum.StrEnum):
     FULL = "full"
 
 
+class IpcNamespace(enum.StrEnum):
+    """Which System V IPC namespace the application lives in (`checkpoint-ipc-namespace`).
+
+    CRIU saves SysV shared memory, semaphores and message queues only together with an IPC
+    namespace of the dumped tree's own; a container shares its pod's. An own namespace needs
+    CAP_SYS_ADMIN (to unshare it, and for CRIU to recreate it)."""
+
+    #: Own namespace when that costs nothing: the container already holds CAP_SYS_ADMIN and
+    #: is the pod's only container (nobody else could share SysV objects with it).
+    AUTO = "auto"
+    #: Always an own namespace: the webhook adds CAP_SYS_ADMIN.
+    PRIVATE = "private"
+    #: Always the pod's namespace (SysV objects make the checkpoint fail).
+    POD = "pod"
+
+
+class IoUring(enum.StrEnum):
+    """Whether the application may create io_uring instances (`checkpoint-io-uring`).
+
+    CRIU cannot dump an io_uring instance. `deny` makes `io_uring_setup` fail with ENOSYS for
+    the application only (a seccomp filter the agent installs on it, as container runtimes'
+    default profiles do), so event-loop runtimes fall back to epoll; dumping a process under
+    a seccomp filter needs CAP_SYS_ADMIN, which the webhook then adds."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
 class Source(enum.StrEnum):
     """Where a key's effective value came from; reported in warnings and agent logs."""
 
@@ -47,6 +75,8 @@ class Source(enum.StrEnum):
     POD_LABEL = "pod label"
     NAMESPACE_ANNOTATION = "namespace annotation"
     NAMESPACE_LABEL = "namespace label"
+    #: A container's own `MMC_*` variable (it wins over the pod's key for that container).
+    CONTAINER_ENV = "container environment"
 
 
 DEFAULT_KEEP = 2
@@ -75,6 +105,11 @@ class CheckpointSettings:
     gpu_memory: int | None = None
     #: None: the agent chooses (lazy for large checkpoints when the container allows it).
     restore_mode: RestoreMode | None = None
+    #: CRIU options for the dump and for the restore (canonical, see criuopts).
+    checkpoint_options: tuple[str, ...] = ()
+    restore_options: tuple[str, ...] = ()
+    ipc_namespace: IpcNamespace = IpcNamespace.AUTO
+    io_uring: IoUring = IoUring.ALLOW
     #: Where each explicitly given key came from.
     sources: Mapping[Key, Source] = dataclasses.field(default_factory=dict)
     #: Soft problems: keys ignored because another key or source wins.
@@ -217,6 +252,16 @@ def _parse_one(key: Key, name: str, value: str, is_label: bool) -> dict[str, obj
         case Key.RESTORE_MODE:
             modes = tuple(m.value for m in RestoreMode)
             return {"restore_mode": RestoreMode(values.parse_choice(name, value, modes))}
+        case Key.CHECKPOINT_ADVANCED_OPTIONS:
+            return {"checkpoint_options": criuopts.parse_options(name, value, label=is_label)}
+        case Key.RESTORE_ADVANCED_OPTIONS:
+            return {"restore_options": criuopts.parse_options(name, value, label=is_label)}
+        case Key.CHECKPOINT_IPC_NAMESPACE:
+            choices = tuple(p.value for p in IpcNamespace)
+            return {"ipc_namespace": IpcNamespace(values.parse_choice(name, value, choices))}
+        case Key.CHECKPOINT_IO_URING:
+            choices = tuple(p.value for p in IoUring)
+            return {"io_uring": IoUring(values.parse_choice(name, value, choices))}
     raise AssertionError(f"unhandled key {key}")  # pragma: no cover
 
 

@@ -42,6 +42,17 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1 | 0x40))
 
 
+def _add_addresses(addresses: list[str]) -> None:
+    """The pod's IP addresses, as aliases of lo (lo:1, lo:2, ...): reachable only from inside."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for number, address in enumerate(addresses, start=1):
+            name = f"lo:{number}".encode()
+            req = struct.pack("16sH2s4s8x", name, socket.AF_INET, b"", socket.inet_aton(address))
+            fcntl.ioctl(sock, 0x8916, req)  # SIOCSIFADDR
+            mask = struct.pack("16sH2s4s8x", name, socket.AF_INET, b"", b"\xff" * 4)
+            fcntl.ioctl(sock, 0x891C, mask)  # SIOCSIFNETMASK: /32
+
+
 def _inside(root: str, path: str) -> str:
     """Resolve path under root, following symlinks as if root were / (never escaping it)."""
     parts = [p for p in path.split("/") if p]
@@ -138,6 +149,24 @@ def _pivot(root: str) -> None:
     os.chdir("/")
 
 
+def _console(cfg: dict[str, Any]) -> None:
+    """What runc does for `tty: true`: a pty from the container's own devpts becomes PID 1's
+    stdin/stdout/stderr and controlling terminal; the master goes to the launcher over the
+    console socket (as runc's --console-socket hands it to containerd)."""
+    sock = socket.socket(fileno=cfg["console_fd"])
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+    fcntl.ioctl(master, 0x40045431, struct.pack("i", 0))  # TIOCSPTLCK: unlock
+    number = struct.unpack("I", fcntl.ioctl(master, 0x80045430, b"\0\0\0\0"))[0]  # TIOCGPTN
+    slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+    fcntl.ioctl(slave, 0x540E, 0)  # TIOCSCTTY
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+    socket.send_fds(sock, [b"console"], [master])
+    os.close(master)
+    sock.close()
+
+
 def _restrict(cfg: dict[str, Any]) -> None:
     # Seccomp first, while CAP_SYS_ADMIN still allows it without no_new_privs (as runc does).
     if cfg["seccomp"]:
@@ -169,6 +198,8 @@ def _pid1(cfg: dict[str, Any], status_fd: int) -> None:
     _mount_binds(root, cfg["binds"])
     _pivot(root)
     os.chdir(cfg["workdir"])
+    if cfg.get("console_fd") is not None:
+        _console(cfg)
     _restrict(cfg)
     _exec(cfg, status_fd)
 
@@ -193,6 +224,7 @@ def init(cfg: dict[str, Any]) -> None:
         L.unshare(_NS_FLAGS)
         socket.sethostname(cfg["hostname"])
         _loopback_up()
+        _add_addresses(cfg.get("addresses") or [])
         L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
     except BaseException as exc:  # noqa: BLE001 - anything before exec is reported
         _report(status_fd, exc)
@@ -206,6 +238,8 @@ def init(cfg: dict[str, Any]) -> None:
         os._exit(127)
     os.write(status_fd, f"pid {pid}\n".encode())
     os.close(status_fd)
+    if cfg.get("console_fd") is not None:
+        os.close(cfg["console_fd"])
     _relay(pid)
 
 

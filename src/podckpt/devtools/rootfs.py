@@ -56,8 +56,9 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def cached_build(name: str, builder: Callable[[Path], None]) -> Path:
-    """Return CACHE/rootfs/<name>, running builder(tmpdir) first if it is not cached yet.
+def cached_build(name: str, builder: Callable[[Path], None], *, base: Path | None = None) -> Path:
+    """Return CACHE/rootfs/<name> (or `base`/<name>), running builder(tmpdir) first if it is
+    not cached yet.
 
     The name is the cache key: put every version that matters into it. The builder gets an
     empty directory on the same filesystem and fills it; on any exception the partial tree
@@ -65,7 +66,7 @@ def cached_build(name: str, builder: Callable[[Path], None]) -> Path:
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
         raise ValueError(f"unsafe cache name {name!r}")
-    base = rootfs_dir()
+    base = rootfs_dir() if base is None else base
     final = base / name
     if final.is_dir():
         return final

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,8 @@ class Bind:
 
 
 class _Drain:
-    """Reads one pipe into a file and a buffer so output survives the process."""
+    """Reads one pipe (or a terminal's master) into a file and a buffer so output survives
+    the process."""
 
     def __init__(self, pipe: IO[bytes], log: Path) -> None:
         self._buf = bytearray()
@@ -58,7 +60,13 @@ class _Drain:
 
     def _run(self) -> None:
         with self.log.open("wb") as out:
-            while chunk := os.read(self._pipe.fileno(), 65536):
+            while True:
+                try:
+                    chunk = os.read(self._pipe.fileno(), 65536)
+                except OSError:  # a terminal master reads EIO once the last slave closed
+                    break
+                if not chunk:
+                    break
                 with self._lock:
                     self._buf += chunk
                 out.write(chunk)
@@ -77,15 +85,25 @@ class Sandbox:
     """A running sandbox; `pid` is the host PID of its PID 1."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], pid: int, state: Path, cfg: dict[str, Any]
+        self,
+        proc: subprocess.Popen[bytes],
+        pid: int,
+        state: Path,
+        cfg: dict[str, Any],
+        *,
+        terminal: IO[bytes] | None = None,
+        stdout_file: Path | None = None,
     ) -> None:
         self._proc = proc
         self.pid = pid
         self.state_dir = state
         self._cfg = cfg
-        assert proc.stdout is not None
         assert proc.stderr is not None
-        self._out = _Drain(proc.stdout, state / "stdout.log")
+        #: The terminal's master (`tty=True`): PID 1's stdin, stdout and stderr.
+        self.terminal = terminal
+        self._stdout_file = stdout_file
+        out = terminal if terminal is not None else proc.stdout
+        self._out = _Drain(out, state / "stdout.log") if out is not None else None
         self._err = _Drain(proc.stderr, state / "stderr.log")
         self._destroyed = False
         self._pidfd = _open_pidfd(pid, proc.pid) if pid else None
@@ -136,7 +154,8 @@ class Sandbox:
                 except subprocess.TimeoutExpired:
                     self._proc.kill()  # the relay process is ours too
                     self._proc.wait(30)
-            self._out.join(10)
+            if self._out is not None:
+                self._out.join(10)
             self._err.join(10)
         finally:
             if self._pidfd is not None:
@@ -158,7 +177,17 @@ class Sandbox:
     # -- inspection ------------------------------------------------------------------------
 
     def stdout_text(self) -> str:
-        return self._out.text()
+        """PID 1's stdout (with `tty=True`: everything written to the terminal; with
+        `stdout_file`: that file)."""
+        if self._stdout_file is not None:
+            return self._stdout_file.read_bytes().decode(errors="replace")
+        return self._out.text() if self._out is not None else ""
+
+    def type(self, data: bytes) -> None:
+        """Keystrokes into the terminal (`tty=True`)."""
+        if self.terminal is None:
+            raise SandboxError("this sandbox has no terminal")
+        os.write(self.terminal.fileno(), data)
 
     def stderr_text(self) -> str:
         return self._err.text()
@@ -239,11 +268,18 @@ def start_sandbox(
     seccomp: bool = False,
     hostname: str = "sandbox",
     workdir: str = "/",
+    tty: bool = False,
+    stdout_file: Path | None = None,
+    addresses: Sequence[str] = (),
 ) -> Sandbox:
     """Start argv as PID 1 of a new sandbox on rootfs (read-only lower layer).
 
     env is added to PATH/HOSTNAME/HOME defaults, as image and pod env are merged.
     capabilities=None keeps the launcher's; otherwise all five sets become exactly these.
+    tty=True: PID 1's stdio is a terminal of the sandbox's own devpts (as runc does for
+    `tty: true`), its master in `Sandbox.terminal`. stdout_file: PID 1's stdout and stderr
+    are that host file (a mount the sandbox cannot see), as some runtimes and harnesses do.
+    addresses: IPv4 addresses of the sandbox besides 127.0.0.1 (its "pod IP"), on lo.
     """
     if os.geteuid() != 0:
         raise SandboxError("sandboxes need root")
@@ -272,37 +308,56 @@ def start_sandbox(
         "caps": _cap_list(capabilities),
         "seccomp": seccomp,
         "hostname": hostname,
+        "addresses": list(addresses),
         "workdir": workdir,
         "state_dir": str(state),
         "launcher_pid": os.getpid(),
     }
     rfd, wfd = os.pipe()
+    console, console_peer = socket.socketpair() if tty else (None, None)
+    out_file = stdout_file.open("ab") if stdout_file is not None else None
+    init_cfg = {**cfg, "status_fd": wfd}
+    if console_peer is not None:
+        init_cfg["console_fd"] = console_peer.fileno()
     try:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "podckpt.devtools._nsinit",
-                "init",
-                json.dumps({**cfg, "status_fd": wfd}),
-            ],
+            [sys.executable, "-m", "podckpt.devtools._nsinit", "init", json.dumps(init_cfg)],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(wfd,),
+            # With a terminal PID 1 writes there; the relay's own stdout carries nothing.
+            stdout=out_file or (subprocess.DEVNULL if tty else subprocess.PIPE),
+            stderr=out_file if out_file is not None else subprocess.PIPE,
+            pass_fds=(wfd,) if console_peer is None else (wfd, console_peer.fileno()),
             start_new_session=True,
             env=_helper_env(),
         )
     except BaseException:
         os.close(rfd)
         os.close(wfd)
+        for closable in (console, console_peer, out_file):
+            if closable is not None:
+                closable.close()
         _remove_state(state)
         raise
     os.close(wfd)
+    if console_peer is not None:
+        console_peer.close()
+    if out_file is not None:
+        out_file.close()
     with os.fdopen(rfd, "rb") as status:
         report = status.read().decode(errors="replace")  # EOF: PID 1 exec'd or failed
+    terminal = None
+    if console is not None:
+        with console:
+            console.settimeout(5)
+            try:
+                _, fds, _, _ = socket.recv_fds(console, 16, 1)
+            except OSError:
+                fds = []
+        terminal = os.fdopen(fds[0], "rb", buffering=0) if fds else None
     pid = next((int(line[4:]) for line in report.splitlines() if line.startswith("pid ")), 0)
-    box = Sandbox(proc, pid, state, cfg)
+    if out_file is not None:  # stderr went to the file too; a pipe is still drained
+        proc.stderr = open(os.devnull, "rb")  # noqa: SIM115 - owned by the Sandbox
+    box = Sandbox(proc, pid, state, cfg, terminal=terminal, stdout_file=stdout_file)
     errors = [line for line in report.splitlines() if line.startswith("error: ")]
     if errors or not pid:
         box.destroy()

@@ -37,6 +37,19 @@ def criu_rootfs() -> Path:
         _unavailable(f"cannot build the CRIU rootfs: {exc}")
 
 
+@pytest.fixture(scope="session")
+def servers_rootfs() -> Path:
+    """The CRIU root plus Debian's Node.js and PostgreSQL 17 (built on first use, cached)."""
+    if os.geteuid() != 0:
+        _unavailable("the sandbox needs root")
+    from podckpt.devtools.servers_rootfs import servers_rootfs as build  # noqa: PLC0415
+
+    try:
+        return build()
+    except RootfsError as exc:
+        _unavailable(f"cannot build the servers rootfs: {exc}")
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     # Remember whether the test failed, so the factory's teardown can print sandbox output.

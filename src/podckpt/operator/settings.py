@@ -12,14 +12,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from podckpt.api import contract
 
-#: Capabilities the webhook adds to a checkpointed container, never `privileged: true`: the
-#: agent's own list (`contract.REQUIRED_CAPABILITIES`, measured by the agent and bundle work)
-#: plus NET_ADMIN, which CRIU needs to dump and restore TCP sockets (socket repair mode).
+#: Capabilities the webhook adds to every checkpointed container, never `privileged: true`:
+#: the agent's own list (`contract.REQUIRED_CAPABILITIES`, measured by the agent and bundle
+#: work). TCP sockets are dumped and restored with `--tcp-close`, which needs no NET_ADMIN;
+#: NET_ADMIN (`tcp-established`) and SYS_ADMIN (an own IPC namespace, the io_uring filter) are
+#: added only to containers that ask (webhook/transparency.py).
 DEFAULT_AGENT_CAPABILITIES: tuple[str, ...] = tuple(
-    dict.fromkeys(
-        contract.kubernetes_capability(c)
-        for c in (*contract.REQUIRED_CAPABILITIES, *contract.TCP_CAPABILITIES)
-    )
+    dict.fromkeys(contract.kubernetes_capability(c) for c in contract.REQUIRED_CAPABILITIES)
 )
 
 GIB = 2**30

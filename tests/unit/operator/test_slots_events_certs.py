@@ -188,3 +188,14 @@ def test_a_log_head_without_a_start_outcome_is_read_again() -> None:
         ("start", "dormant"),
     ):
         assert events.start_decided("app output\n" + line(phase, outcome)), (phase, outcome)
+
+
+def test_connections_closed_at_restore_is_a_warning_event() -> None:
+    line = (
+        '{"agent":"podckpt","phase":"restore","outcome":"ok","generation":"g1",'
+        '"connections_closed":"the restore with tcp-established failed (bind); restored with'
+        ' tcp-close"}'
+    )
+    got = [(e.type, e.reason) for e in events.start_events("web", line)]
+    assert got == [("Normal", "Restored"), ("Warning", "ConnectionsClosed")]
+    assert "tcp-established" in events.start_events("web", line)[1].message

@@ -134,8 +134,30 @@ def start_event(container: str, record: dict[str, Any]) -> PodEvent | None:
     return None
 
 
+def _connections_closed(container: str, record: dict[str, Any]) -> PodEvent | None:
+    """A restore that kept the application but not its TCP connections (`tcp-established`
+    asked, the pod's IP or network differs): the agent says so in the restore line itself,
+    so that the Event does not depend on when the controller reads the log head."""
+    why = record.get("connections_closed")
+    if record.get("phase") != "restore" or record.get("outcome") != "ok" or not why:
+        return None
+    generation = str(record.get("generation", "?"))
+    return PodEvent(
+        WARNING,
+        "ConnectionsClosed",
+        f"container {container}: restored from generation {generation}, but its established"
+        f" TCP connections could not be kept (tcp-established): they came back closed. {why}",
+        generation,
+    )
+
+
 def start_events(container: str, text: str) -> list[PodEvent]:
-    return [e for e in (start_event(container, r) for r in agent_lines(text)) if e is not None]
+    found: list[PodEvent] = []
+    for record in agent_lines(text):
+        for event in (start_event(container, record), _connections_closed(container, record)):
+            if event is not None:
+                found.append(event)
+    return found
 
 
 def _commit_message(container: str, commit: dict[str, Any] | None, generation: str) -> str:

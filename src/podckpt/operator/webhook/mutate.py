@@ -35,6 +35,7 @@ from podckpt.operator.settings import OperatorSettings
 
 from .argv import ImageArgv, escape_expansion, needs_image, original_argv
 from .review import diff
+from .transparency import ContainerDenied, ContainerNeeds, plan_containers
 
 Pod = dict[str, Any]
 
@@ -100,6 +101,8 @@ class Plan:
     #: The warnings that are the user's mistakes (unknown or ignored keys, a Pod Security
     #: level that refuses the pod), also reported on the pod's workload.
     mistakes: tuple[str, ...] = ()
+    #: Per container: its own settings (MMC_* variables), isolation and added capabilities.
+    needs: Mapping[str, ContainerNeeds] = dataclasses.field(default_factory=dict)
 
 
 def _meta(pod: Mapping[str, Any], field: str) -> dict[str, str]:
@@ -204,6 +207,13 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
             " per pod name on the storage volume"
         )
 
+    try:
+        needs = plan_containers(spec, selected, settings)
+    except ContainerDenied as exc:
+        raise DeniedError(str(exc)) from None
+    for item in needs.values():
+        warnings += item.warnings
+
     by_name = {c["name"]: c for c in spec.get("containers") or ()}
     images = {
         name: by_name[name].get("image", "") for name in selected if needs_image(by_name[name])
@@ -258,6 +268,7 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
         gpu_memory=per_gpu.bytes if per_gpu else 0,
         namespace_keys=namespace_keys,
         mistakes=tuple(mistakes),
+        needs=needs,
     )
 
 
@@ -390,6 +401,7 @@ def build(
                 store_volume=store_volume,
                 pod_security=pod_security,
                 op=op,
+                needs=plan.needs.get(container["name"]),
             )
 
     memory = sizing.checkpointed_memory(
@@ -453,6 +465,7 @@ def _wrap(
     store_volume: str,
     pod_security: Mapping[str, Any],
     op: OperatorSettings,
+    needs: ContainerNeeds | None = None,
 ) -> None:
     name = container["name"]
     defaults = None
@@ -498,6 +511,8 @@ def _wrap(
     if key_prefix() != DEFAULT_PREFIX:
         # The agent reads the pod's keys under the installation's prefix too.
         env.append({"name": contract.Env.KEY_PREFIX, "value": key_prefix()})
+    if needs is not None:
+        env += needs.env()
 
     security = container.setdefault("securityContext", {})
     # The agent runs as root; the user the application ran as is handed to it, so that it
@@ -508,6 +523,9 @@ def _wrap(
     needed = list(op.agent_capabilities)
     if original_user not in (None, 0) or original_group not in (None, 0):
         needed += [contract.kubernetes_capability(c) for c in contract.USER_DUMP_CAPABILITIES]
+    if needs is not None:
+        # Only what this container asked for: tcp-established, an own IPC namespace, io_uring.
+        needed += [c for c in needs.capabilities if c not in needed]
     capabilities = security.setdefault("capabilities", {})
     add = list(capabilities.get("add") or ())
     add += [cap for cap in needed if cap not in add]
