@@ -13,6 +13,7 @@ from test_environment import RUNTIME_DEFAULT
 from podckpt.agent import exitcodes
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
 from podckpt.agent.exitcodes import CHECKPOINTED
+from podckpt.api import contract
 from podckpt.devtools.sandbox import Sandbox, wait_for
 
 pytestmark = pytest.mark.criu
@@ -51,7 +52,7 @@ def test_system_v_ipc_of_the_pods_namespace_is_refused_naming_the_key(
 ) -> None:
     box = agent.start(["python3", "/apps/sysv_ipc.py"])
     wait_count(box, 5)
-    assert stop_and_wait(box) == 128 + 15, "the application got its SIGTERM"
+    assert stop_and_wait(box) == contract.ExitCode.CHECKPOINT_FAILED, "it got its SIGTERM"
     error = phases(box, "dump", "failed")[0]["error"]
     assert "System V IPC" in error
     assert "memverge.ai/checkpoint-ipc-namespace: private" in error
@@ -60,7 +61,7 @@ def test_system_v_ipc_of_the_pods_namespace_is_refused_naming_the_key(
 def test_io_uring_is_refused_naming_the_key(agent: AgentHarness) -> None:
     box = agent.start(["python3", "/apps/io_uring_app.py"])
     assert wait_for(lambda: "backend io_uring" in box.stdout_text(), 20), box.stdout_text()
-    assert stop_and_wait(box) == 128 + 15
+    assert stop_and_wait(box) == contract.ExitCode.CHECKPOINT_FAILED
     error = phases(box, "dump", "failed")[0]["error"]
     assert "io_uring" in error
     assert "memverge.ai/checkpoint-io-uring: deny" in error

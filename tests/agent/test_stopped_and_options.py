@@ -14,6 +14,7 @@ from test_environment import RUNTIME_DEFAULT
 from podckpt.agent import exitcodes
 from podckpt.agent.capabilities import REQUIRED_CAPABILITIES
 from podckpt.agent.exitcodes import CHECKPOINTED
+from podckpt.api import contract
 from podckpt.devtools.sandbox import Bind, Sandbox, wait_for
 
 pytestmark = pytest.mark.criu
@@ -54,7 +55,7 @@ def test_link_remap_from_the_container_variable(agent: AgentHarness, tmp_path: P
     # Without the option CRIU refuses the file; the application gets its SIGTERM.
     plain = agent.start(argv, binds=binds)
     wait_count(plain, 5)
-    assert stop_and_wait(plain) == 128 + 15
+    assert stop_and_wait(plain) == contract.ExitCode.CHECKPOINT_FAILED
     assert "link-remap" in phases(plain, "dump", "failed")[0]["error"]
 
     env = {"MMC_CHECKPOINT_ADVANCED_OPTIONS": "--link-remap"}

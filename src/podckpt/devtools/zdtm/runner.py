@@ -6,9 +6,10 @@ and the test's working directory on a bind mount that outlives the sandbox (a vo
 
 1. start: `zdtm-wrap static/TEST --pidfile=TEST.pid --outfile=TEST.out [args]` as the
    application (the agent's `run -- ARGV`, or rawinit's child); ready when the pidfile exists;
-2. death: the agent gets SIGTERM and checkpoints (exit 143 = committed); raw: `criu dump -t
-   ROOT` with the CRIU options the agent would use (`podckpt.agent.criu.common_args`, the
-   agent's ghost limit, the workload's options), then the sandbox is killed;
+2. death: the agent gets SIGTERM and checkpoints (its `sigterm checkpointed` line); raw:
+   `criu dump -t ROOT` with the CRIU options the agent would use
+   (`podckpt.agent.criu.common_args`, the agent's ghost limit, the workload's options), then
+   the sandbox is killed;
 3. a new sandbox: the agent restores by itself; raw: `criu restore -d` with the same options;
 4. SIGTERM to the test (its pid from the pidfile), which checks its state and writes PASS
    or FAIL into TEST.out (zdtm's own verdict, as zdtm.py reads it).
@@ -161,8 +162,8 @@ class Runner:
             if not self._ready(case, work, first):
                 return Outcome(False, "start", _progress(case, work) or _tail(first), elapsed())
             first.stop(30)
-            # Not the exit code: 143 is also an application killed by the SIGTERM that the
-            # agent forwards after a failed dump.
+            # The agent's own line says it (its exit code does too, ExitCode.CHECKPOINTED,
+            # but the line also says why not).
             if not _checkpointed(first):
                 return Outcome(False, "dump", _agent_error(first, "dump"), elapsed())
         finally:
