@@ -268,3 +268,65 @@ def test_store_key_secret_per_namespace_mounted_only_for_the_bundle_init_contain
     assert _can(kube, "podckpt-controller", "create", "secrets", namespace)
     for verb in ("get", "list", "watch", "update", "delete"):
         assert not _can(kube, "podckpt-controller", verb, "secrets", namespace), verb
+
+
+def test_measured_dump_throughput_sets_the_next_grace_period(kube: Kube, namespace: str) -> None:
+    """The agent's final checkpoint reports its throughput (termination message, exit 202);
+    the controller records it on the identity's PVC; the replacement pod's grace period and
+    the agent's deadline come from it (docs/operator.md, "The grace period")."""
+    kube.apps.create_namespaced_stateful_set(namespace, _statefulset("db", {}, "1Gi"))
+    eventually(lambda: kube.pvc(namespace, "podckpt-statefulset-db-0"), what="PVC")
+    first = eventually(lambda: (p := kube.pods(namespace, "app=db")) and p[0], what="pod")
+    # 1 GiB at the assumed 200 MiB/s is 6 s, plus 30 s
+    assert first["spec"]["terminationGracePeriodSeconds"] == 36
+    commit = {
+        "agent": "podckpt",
+        "phase": "commit",
+        "outcome": "ok",
+        "generation": "20261201T000000Z-000001",
+        "bytes": 2**30,
+        "throughput_bps": 50 * MI,
+    }
+    status = {
+        "containerStatuses": [
+            {
+                "name": "app",
+                "image": "example.invalid/app:1",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {
+                        "exitCode": int(contract.ExitCode.CHECKPOINTED),
+                        "reason": "Error",
+                        "message": json.dumps(commit) + "\n",
+                        "containerID": "containerd://0123",
+                    }
+                },
+            }
+        ]
+    }
+    kube.core.patch_namespaced_pod_status("db-0", namespace, {"status": status})
+    annotation = "podckpt.io/dump-bytes-per-second"
+    claim = eventually(
+        lambda: (
+            (c := kube.pvc(namespace, "podckpt-statefulset-db-0"))
+            and annotation in (c["metadata"].get("annotations") or {})
+            and c
+        ),
+        what="the measured throughput on the PVC",
+    )
+    assert claim["metadata"]["annotations"][annotation] == str(50 * MI)
+
+    kube.core.delete_namespaced_pod("db-0", namespace, grace_period_seconds=0)
+    old_uid = first["metadata"]["uid"]
+    replacement = eventually(
+        lambda: next(
+            (p for p in kube.pods(namespace, "app=db") if p["metadata"]["uid"] != old_uid), None
+        ),
+        what="the replacement pod",
+    )
+    # 1 GiB at the measured 50 MiB/s is 21 s, plus 30 s
+    assert replacement["spec"]["terminationGracePeriodSeconds"] == 51
+    env = {e["name"]: e.get("value") for e in replacement["spec"]["containers"][0]["env"]}
+    assert env[contract.Env.GRACE_PERIOD] == "51"

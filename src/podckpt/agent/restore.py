@@ -331,6 +331,12 @@ def _closed_why(error: str | None) -> str | None:
     return f"the restore with tcp-established failed ({error[-300:]}); restored with tcp-close"
 
 
+def _process_age() -> float | None:
+    from .supervisor import process_age  # noqa: PLC0415 - the supervisor is the caller
+
+    return process_age()
+
+
 def log_cleanup(removed: list[Removed]) -> None:
     """One line per reason: what was removed and what had happened to it."""
     reasons: dict[str, list[str]] = {}
@@ -432,6 +438,7 @@ def _restore_one(
         fallback=bool(attempts) or None,
         skipped=[a["generation"] for a in attempts] or None,
         pid=root,
+        since_process_start_s=_process_age(),
         mode=measured["mode"],
         criu_s=round(measured["restore_s"], 4),
         verify_wait_s=measured["verify_wait_s"],

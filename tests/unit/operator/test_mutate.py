@@ -435,3 +435,35 @@ def test_a_pod_without_limits_gets_none(make_pod: Any, op: OperatorSettings) -> 
     p = planned(pod, op)
     assert p.raises == ()
     assert "resources" not in build(pod, p, {}, op)["spec"]["containers"][0]
+
+
+def test_grace_period_from_the_measured_throughput_reaches_the_agent(
+    make_pod: Any, op: OperatorSettings
+) -> None:
+    """The agent's deadline (PODCKPT_GRACE_PERIOD_SECONDS) is the pod's final grace period;
+    a throughput measured on the volume (sizing.MEASURED_THROUGHPUT) replaces the assumed."""
+    app = {
+        "name": "app",
+        "image": "registry.example/app:1",
+        "command": ["/app"],
+        "resources": {"limits": {"memory": "4Gi"}},
+    }
+    pod = make_pod(name="db-0", owner="statefulset", labels=ON, containers=[app])
+    assumed = build(pod, planned(pod, op), {}, op)
+    measured = build(pod, planned(pod, op), {}, op, measured_bytes_per_second=50 * 2**20)
+    # 4 GiB at 200 MiB/s (assumed) is 21 s, at 50 MiB/s (measured) 82 s; plus 30 s
+    grace = {
+        name: (p["spec"]["terminationGracePeriodSeconds"], p["spec"]["containers"][0]["env"])
+        for name, p in (("assumed", assumed), ("measured", measured))
+    }
+    assert grace["assumed"][0] == 51
+    assert grace["measured"][0] == 112
+    for seconds, env in grace.values():
+        assert {"name": contract.Env.GRACE_PERIOD, "value": str(seconds)} in env
+    annotations = measured["metadata"]["annotations"]
+    assert annotations[op.annotation("dump-bytes-per-second")] == str(50 * 2**20)
+    assert op.annotation("dump-bytes-per-second") not in assumed["metadata"]["annotations"]
+    pod["spec"]["terminationGracePeriodSeconds"] = 600  # the user's longer one is kept
+    kept = build(pod, planned(pod, op), {}, op, measured_bytes_per_second=50 * 2**20)
+    env = kept["spec"]["containers"][0]["env"]
+    assert {"name": contract.Env.GRACE_PERIOD, "value": "600"} in env

@@ -80,6 +80,20 @@ def test_a_skipped_checkpoint_is_a_warning_with_the_deadline_figures() -> None:
     assert "3072 MiB at 100 MiB/s measured need ~39.65 s, 29.9 s" in event.message
 
 
+def test_the_throughput_of_the_final_checkpoint_is_read_from_the_termination_message() -> None:
+    message = "\n".join(
+        [
+            _line(phase="commit", outcome="ok", generation="g1", throughput_bps=1234, bytes=9),
+            _line(phase="dump", outcome="ok", reason="sigterm", generation="g2"),
+            _line(phase="commit", outcome="ok", generation="g2", throughput_bps=5678, bytes=9),
+        ]
+    )
+    assert events.measured_throughput(ExitCode.CHECKPOINTED, message) == 5678
+    assert events.measured_throughput(ExitCode.CHECKPOINT_FAILED, message) is None
+    odd = _line(phase="commit", outcome="ok", generation="g2", throughput_bps="fast")
+    assert events.measured_throughput(ExitCode.CHECKPOINTED, odd) is None
+
+
 def test_fresh_start_after_failed_restore_is_a_warning() -> None:
     text = _line(phase="restore", outcome="fallback-fresh", why="no generation could be restored")
     (event,) = events.start_events("app", text)

@@ -254,6 +254,20 @@ def exit_events(container: str, exit_code: int | None, message: str) -> list[Pod
     return []
 
 
+def measured_throughput(exit_code: int | None, message: str) -> int | None:
+    """Bytes per second of the final checkpoint the agent committed (its `commit` line's
+    `throughput_bps`), from the termination message of an instance that exited CHECKPOINTED."""
+    if exit_code != ExitCode.CHECKPOINTED:
+        return None
+    for record in reversed(list(agent_lines(message))):
+        if record.get("phase") == "commit" and record.get("outcome") == "ok":
+            value = record.get("throughput_bps")
+            if type(value) is int and value > 0:
+                return value
+            return None
+    return None
+
+
 def start_decided(text: str) -> bool:
     """Whether a log head already says how the container started: restored, fresh, failed.
 

@@ -12,6 +12,7 @@ from typing import Any, cast
 import kopf
 
 from podckpt.api import Key, qualified
+from podckpt.operator.domain.sizing import MEASURED_THROUGHPUT
 from podckpt.operator.kube.api import ApiError, namespaced
 from podckpt.operator.settings import OperatorSettings
 
@@ -73,6 +74,7 @@ async def _report_agent(state: ControllerState, body: kopf.Body) -> None:
         if not state.seen.add((*instance, "terminated")):
             continue
         found = events.exit_events(ended.container, ended.exit_code, ended.message)
+        await _record_throughput(state, body, ended)
         if state.seen.add((*instance, "started")):
             # It ended before its log head was read: how it started is in the message too.
             found = events.start_events(ended.container, ended.message) + found
@@ -99,6 +101,25 @@ async def _report_agent(state: ControllerState, body: kopf.Body) -> None:
             continue
         for event in events.start_events(container, text):
             await announce(state, body, event, f"{uid}/{container}/{instance_id}")
+
+
+async def _record_throughput(
+    state: ControllerState, body: kopf.Body, ended: events.Terminated
+) -> None:
+    """Put the throughput the agent measured on its final checkpoint on the identity's PVC
+    (`sizing.MEASURED_THROUGHPUT`): the webhook computes the next pod's grace period from it.
+    Only on podckpt's own PVCs (a plain pod's storage volume is the user's)."""
+    measured = events.measured_throughput(ended.exit_code, ended.message)
+    claim = body.metadata.annotations.get(state.op.annotation("claim"))
+    if measured is None or not claim or state.api is None:
+        return
+    api = state.api
+    path = namespaced("persistentvolumeclaims", body.metadata.namespace or "", claim)
+    patch = {"metadata": {"annotations": {state.op.annotation(MEASURED_THROUGHPUT): str(measured)}}}
+    try:
+        await with_retries(f"annotate PVC {claim}", lambda: api.merge_patch(path, patch))
+    except ApiError as exc:
+        logger.info("throughput of %s not recorded on %s: %s", ended.container, claim, exc)
 
 
 async def injected_pod(

@@ -93,6 +93,13 @@ def volume_size(
     return max(size, _round_mib(default_bytes)) if memory.all_unlimited else size
 
 
+#: Annotation (under the operator's domain) on a checkpoint PVC: the dump throughput, in bytes
+#: per second, the agent measured on its last committed checkpoint there (bytes / seconds from
+#: the dump's start to its manifest: CRIU, hashing, fsync). The controller writes it from the
+#: agent's `commit` line; the webhook computes the next pods' grace period from it.
+MEASURED_THROUGHPUT = "dump-bytes-per-second"
+
+
 def grace_period_seconds(
     memory_bytes: int,
     *,

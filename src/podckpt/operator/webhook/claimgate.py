@@ -8,6 +8,9 @@ created with a scheduling gate, which the controller removes once the PVC is usa
 whose PVC is already there and its own (every replacement pod: the restore path) is not
 gated, so that a restore never waits for the controller.
 
+The same GET gives the dump throughput the controller recorded on the PVC (from the agent's
+last commit), from which the pod's grace period is computed (`mutate.build`).
+
 Two reads at most: the PVC (a GET by name), and, for a Deployment's pod, its ReplicaSet (the
 PVC belongs to the Deployment; cached by ReplicaSet uid, which never changes owner but by an
 orphaning delete). A read that fails gates the pod: the controller sorts it out.
@@ -16,6 +19,7 @@ orphaning delete). A read that fails gates the pod: the controller sorts it out.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -61,25 +65,63 @@ async def workload_uid(
     return top
 
 
-async def needs_gate(
-    api: KubeAPI | None, cache: OwnerCache, namespace: str, pod: Mapping[str, Any], claim: str
-) -> bool:
-    """True unless `claim` exists, is not being deleted and belongs to the pod's workload."""
+@dataclasses.dataclass(frozen=True)
+class ClaimCheck:
+    """What admission learns from the pod's checkpoint volume."""
+
+    #: The pod must wait behind the scheduling gate (the PVC is missing, going, or another's).
+    gate: bool
+    #: The dump throughput the controller recorded on the PVC from the agent's last commit
+    #: (`measured_annotation`), for the grace period; None before the first dump.
+    measured_bytes_per_second: int | None = None
+
+
+async def check_claim(
+    api: KubeAPI | None,
+    cache: OwnerCache,
+    namespace: str,
+    pod: Mapping[str, Any],
+    claim: str,
+    *,
+    measured_annotation: str,
+) -> ClaimCheck:
+    """Gate unless `claim` exists, is not being deleted and belongs to the pod's workload;
+    and the measured throughput of a usable claim."""
     if api is None:
-        return True
+        return ClaimCheck(gate=True)
     try:
         try:
-            found: dict[str, Any] | None = await api.get(
+            found: dict[str, Any] = await api.get(
                 namespaced("persistentvolumeclaims", namespace, claim)
             )
         except ApiError as exc:
             if not exc.not_found:
                 raise
-            return True
+            return ClaimCheck(gate=True)
         state = claim_state(found, await workload_uid(api, cache, namespace, pod))
     except ApiError as exc:
         logger.info(
             "checkpoint volume %s/%s unknown (%s): the pod waits for it", namespace, claim, exc
         )
-        return True
-    return state is not ClaimState.READY
+        return ClaimCheck(gate=True)
+    if state is not ClaimState.READY:
+        return ClaimCheck(gate=True)
+    annotations = (found.get("metadata") or {}).get("annotations") or {}
+    return ClaimCheck(False, measured(annotations, measured_annotation))
+
+
+def measured(annotations: Mapping[str, str], name: str) -> int | None:
+    """A positive integer annotation (bytes per second), else None: written by our
+    controller, but on an object others may edit."""
+    text = str(annotations.get(name, ""))
+    if not text.isdigit() or len(text) > 15 or int(text) <= 0:
+        return None
+    return int(text)
+
+
+async def needs_gate(
+    api: KubeAPI | None, cache: OwnerCache, namespace: str, pod: Mapping[str, Any], claim: str
+) -> bool:
+    """True unless `claim` exists, is not being deleted and belongs to the pod's workload."""
+    check = await check_claim(api, cache, namespace, pod, claim, measured_annotation="")
+    return check.gate

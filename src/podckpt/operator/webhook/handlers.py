@@ -9,7 +9,8 @@ flight (docs/operator.md, "Why admission bypasses kopf's webhook machinery").
 
 Reads only, but for one side effect (`sideEffects: NoneOnDryRun`): Events on a workload about
 its pods' refusals and mistakes (`report`), never for a dry-run. Namespace labels come from a
-watch, slot holders from a LIST, pull Secrets, checkpoint PVCs and ReplicaSets from GETs.
+watch, slot holders from a LIST, pull Secrets, checkpoint PVCs (their state, and the dump
+throughput measured on them) and ReplicaSets from GETs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import kopf
 
+from podckpt.operator.domain import sizing
 from podckpt.operator.domain.identity import Identity
 from podckpt.operator.domain.slots import Holder, SlotChoice, holder_state
 from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
@@ -230,13 +232,29 @@ async def _mutate(
             state, namespace, plan.identity, dry_run=bool(request.get("dryRun"))
         )
     gate = False
-    if state.op.scheduling_gate and plan.settings.storage_volume is None:
+    measured = None
+    if plan.settings.storage_volume is None:
         identity = plan.identity.with_slot(slot.slot) if slot is not None else plan.identity
-        gate = await claimgate.needs_gate(
-            state.api, state.owners, namespace, pod, identity.claim_name
+        check = await claimgate.check_claim(
+            state.api,
+            state.owners,
+            namespace,
+            pod,
+            identity.claim_name,
+            measured_annotation=state.op.annotation(sizing.MEASURED_THROUGHPUT),
         )
+        gate = state.op.scheduling_gate and check.gate
+        measured = check.measured_bytes_per_second
     try:
-        mutated = mutate.build(pod, plan, images, state.op, slot=slot, gate=gate)
+        mutated = mutate.build(
+            pod,
+            plan,
+            images,
+            state.op,
+            slot=slot,
+            gate=gate,
+            measured_bytes_per_second=measured,
+        )
     except EmptyArgvError as exc:
         raise Denied(f"podckpt: {exc}") from None
     patch = mutate.make_patch(pod, mutated)

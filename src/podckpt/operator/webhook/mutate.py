@@ -313,10 +313,14 @@ def build(
     *,
     slot: SlotChoice | None = None,
     gate: bool = False,
+    measured_bytes_per_second: int | None = None,
 ) -> Pod:
     """The rewritten pod. `images` holds the config of every image in `plan.images`; `slot`
     (the slot and its pod name) is required for Deployment and ReplicaSet pods; `gate`: the
-    pod waits for its checkpoint volume (a scheduling gate the controller removes)."""
+    pod waits for its checkpoint volume (a scheduling gate the controller removes);
+    `measured_bytes_per_second`: the dump throughput the agent measured on this identity's
+    volume (`sizing.MEASURED_THROUGHPUT`), used for the grace period instead of the assumed
+    one."""
     new: Pod = copy.deepcopy(dict(pod))
     meta = new.setdefault("metadata", {})
     spec = new.setdefault("spec", {})
@@ -413,14 +417,19 @@ def build(
         sizing.apply_raise(spec, item)
     grace = sizing.grace_period_seconds(
         memory.total,
-        bytes_per_second=op.dump_bytes_per_second,
+        bytes_per_second=measured_bytes_per_second or op.dump_bytes_per_second,
         base_seconds=op.grace_base_seconds,
         gpu_bytes=memory.gpu,
         gpu_bytes_per_second=op.gpu_copy_bytes_per_second,
     )
-    spec["terminationGracePeriodSeconds"] = max(
-        int(spec.get("terminationGracePeriodSeconds") or 30), grace
-    )
+    final = max(int(spec.get("terminationGracePeriodSeconds") or 30), grace)
+    spec["terminationGracePeriodSeconds"] = final
+    # The agent's deadline: it does not start a dump that cannot finish before SIGKILL.
+    for container in spec.get("containers") or ():
+        if container["name"] in plan.containers:
+            container["env"].append({"name": contract.Env.GRACE_PERIOD, "value": str(final)})
+    if measured_bytes_per_second:
+        annotations[op.annotation(sizing.MEASURED_THROUGHPUT)] = str(measured_bytes_per_second)
     return new
 
 
