@@ -3,7 +3,9 @@
 A fresh start must first move the PID counter above the application's range (pids.py), which
 takes tens of milliseconds; so does importing the rest of the agent. When the store obviously
 holds nothing to restore, the PID counter is moved while the agent imports itself (by the
-bundle's `podckpt-pidfloor`, else in a thread). Only what a fresh start needs is imported
+bundle's `podckpt-pidfloor`, else in a thread); when it may hold one, the counter is moved as
+far as a restore allows (`PRE_RESTORE_FLOOR`), so that less is left to do after the restore.
+Only what a fresh start needs is imported
 before the application starts (see runner.py); dump and restore are imported later.
 """
 
@@ -24,7 +26,8 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     started = time.monotonic()
     args = list(sys.argv[1:] if argv is None else argv)
-    early = pids.early_floor() if surely_fresh(args) else None
+    # A restore, maybe: the counter may go to PRE_RESTORE_FLOOR meanwhile (pids.py).
+    early = pids.early_floor(pids.PID_FLOOR if surely_fresh(args) else pids.PRE_RESTORE_FLOOR)
     from . import log  # noqa: PLC0415 - after the floor started rising
     from .runner import main as run_main  # noqa: PLC0415 - imported while the floor rises
 

@@ -11,6 +11,7 @@ from .store import Store
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .deadline import Throughput
+    from .pids import EarlyFloor
 
 
 @dataclasses.dataclass
@@ -36,6 +37,8 @@ class Context:
     stdio_fds: tuple[int, int, int] = (0, 1, 2)
     #: This store's measured dump throughput (the last manifest's), for the SIGTERM deadline.
     throughput: Throughput | None = None
+    #: The PID counter moving to PRE_RESTORE_FLOOR beside the start-up: done before CRIU runs.
+    pre_restore_floor: EarlyFloor | None = None
 
     @property
     def store_root(self) -> Path:

@@ -29,6 +29,10 @@ import threading
 import time
 
 PID_FLOOR = 300
+#: Before a restore the counter may already go this far, beside the agent's own start-up: the
+#: application's PIDs are all >= PID_FLOOR, and CRIU, its helpers and the agent's threads need
+#: far fewer than the 100 PIDs left below it. The burn after the restore is then a third.
+PRE_RESTORE_FLOOR = 200
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _NO_SUCH_PROGRAM = "/nonexistent/podckpt-pid-burner"
 _MAX_BURN = 100_000
@@ -121,10 +125,12 @@ def raise_floor(floor: int = PID_FLOOR, *, use_helper: bool = True) -> FloorResu
 
 class BackgroundFloor:
     """raise_floor() in a thread, overlapped with the agent's own start-up (imports, settings,
-    CRIU's version check), which otherwise comes on top of it. Only for a fresh start: before
-    a restore the counter must stay low, or CRIU itself would take the application's PIDs."""
+    CRIU's version check), which otherwise comes on top of it. To PID_FLOOR only for a fresh
+    start: before a restore the counter must stay below the application's PIDs, or CRIU itself
+    would take them (PRE_RESTORE_FLOOR leaves room for CRIU)."""
 
     def __init__(self, floor: int = PID_FLOOR) -> None:
+        self.floor = floor
         self._result: FloorResult | None = None
         self._thread = threading.Thread(
             target=self._run, args=(floor,), name="pid-floor", daemon=True
@@ -137,7 +143,7 @@ class BackgroundFloor:
     def result(self) -> FloorResult:
         self._thread.join()
         # The thread can only miss the floor if it died; finish the job here then.
-        return self._result if self._result is not None else raise_floor()
+        return self._result if self._result is not None else raise_floor(self.floor)
 
 
 class HelperFloor:
@@ -148,7 +154,7 @@ class HelperFloor:
 
     def __init__(self, helper: str, floor: int = PID_FLOOR, start: float | None = None) -> None:
         self._start = time.monotonic() if start is None else start
-        self._floor = floor
+        self._floor = self.floor = floor
         self._before = last_pid()
         self._pid: int | None = None
         self._read, write_end = os.pipe()
@@ -181,8 +187,9 @@ class HelperFloor:
 class ReadyFloor:
     """The floor needed no work (already above it, or ns_last_pid was writable)."""
 
-    def __init__(self, result: FloorResult) -> None:
+    def __init__(self, result: FloorResult, floor: int = PID_FLOOR) -> None:
         self._result = result
+        self.floor = floor
 
     def result(self) -> FloorResult:
         return self._result
@@ -197,7 +204,7 @@ def early_floor(floor: int = PID_FLOOR) -> EarlyFloor:
     is one, else a Python thread. Only for a fresh start (see BackgroundFloor)."""
     done = _try_ns_last_pid(floor, time.monotonic())
     if done is not None:
-        return ReadyFloor(done)
+        return ReadyFloor(done, floor)
     helper = helper_path()
     if helper is not None:
         return HelperFloor(helper, floor)

@@ -361,6 +361,9 @@ def restore_latest(
     (`restore-advanced-options`, `MMC_RESTORE_ADVANCED_OPTIONS`)."""
     store = ctx.store
     attempts: list[dict[str, str]] = []
+    if ctx.pre_restore_floor is not None:
+        ctx.pre_restore_floor.result()  # finished (and its helper reaped) before CRIU runs
+        ctx.pre_restore_floor = None
     with store.lock():
         log_cleanup(store.cleanup())
         if store.latest_problem:

@@ -142,21 +142,31 @@ def run_command(
         except EnvironmentProblem as exc:
             trust, key_problem = Trust(), exc
         store = open_store(Path(command.store), container, trust)
+    pre_restore = None
+    if early_floor is not None and early_floor.floor < pids.PID_FLOOR:
+        pre_restore, early_floor = early_floor, None
     if store is not None:
         if early_floor is None and (
             not store.candidates() or settings.restore_policy is RestorePolicy.FRESH
         ):
+            if pre_restore is not None:
+                pre_restore.result()
+                pre_restore = None
             early_floor = pids.early_floor()
         ctx = _prepare_criu(store, settings.mode, key_problem)
         if ctx is not None:
             ctx.workload = workload_identity(argv, command.revision)
             ctx.origin = origin()
+            ctx.pre_restore_floor = pre_restore
+            pre_restore = None
     else:
         early_floor = early_floor or pids.early_floor()
         if command.store is None:
             log.emit(
                 "start", "no-store", why="no --store: the agent supervises but never checkpoints"
             )
+    if pre_restore is not None:
+        pre_restore.result()  # nothing will restore: done (its helper reaped) before supervising
 
     supervisor = Supervisor(argv, live, settings, ctx, container, started)
     supervisor.early_floor = early_floor
