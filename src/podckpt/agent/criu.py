@@ -178,10 +178,13 @@ def run(
     `preexec` runs in the child before the exec (asuser.preexec: CRIU as the application's user).
     `umask` (a dump's 0o077): what CRIU creates in the store is private from the start.
     """
-    import subprocess  # noqa: PLC0415 - not needed before the application starts
-
     argv = [criu.path, action, *args, "-o", str(log_path), "-v4", "--display-stats"]
     timer = Timer()
+    if preexec is None and umask == -1 and timeout is None:
+        returncode, output = _spawn(argv, action, pass_fds)
+        return _result(action, log_path, returncode, output, "", timer=timer)
+    import subprocess  # noqa: PLC0415 - not needed before the application starts
+
     try:
         done = subprocess.run(
             argv,
@@ -197,15 +200,52 @@ def run(
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise CriuRunError(f"cannot run criu {action}: {exc}") from exc
-    if done.returncode != 0:
+    return _result(action, log_path, done.returncode, done.stdout, done.stderr, timer=timer)
+
+
+def _result(
+    action: str, log_path: str | Path, returncode: int, stdout: str, stderr: str, *, timer: Timer
+) -> CriuResult:
+    if returncode != 0:
         tail = (
             log_tail(log_path)
-            or [line for line in (done.stderr + done.stdout).splitlines() if line.strip()][
-                -_TAIL_LINES:
-            ]
+            or [line for line in (stderr + stdout).splitlines() if line.strip()][-_TAIL_LINES:]
         )
-        raise CriuFailedError(action, done.returncode, str(log_path), tail)
-    return CriuResult(timer.elapsed(), parse_stats(done.stdout + "\n" + done.stderr))
+        raise CriuFailedError(action, returncode, str(log_path), tail)
+    return CriuResult(timer.elapsed(), parse_stats(stdout + "\n" + stderr))
+
+
+def _spawn(argv: list[str], action: str, pass_fds: Sequence[int]) -> tuple[int, str]:
+    """posix_spawn CRIU with stdin /dev/null and stdout+stderr into a memfd; wait for it.
+
+    What a restore runs on the application's critical path: `subprocess` (and the selectors,
+    threading and signal machinery it imports) costs ~20 ms to import here, more than this.
+    `pass_fds` must be inheritable already (the others are close-on-exec, Python's default)."""
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    out = os.memfd_create(f"criu-{action}", os.MFD_CLOEXEC)
+    try:
+        try:
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out, 1),
+                    (os.POSIX_SPAWN_DUP2, out, 2),
+                ],
+            )
+            _, status = os.waitpid(pid, 0)
+        except OSError as exc:
+            raise CriuRunError(f"cannot run criu {action}: {exc}") from exc
+        os.lseek(out, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(out, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(out)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
 
 
 def common_args(*, privileged: bool, options: Sequence[str] = ()) -> list[str]:
