@@ -26,6 +26,7 @@ program's first tick.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -36,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from e2e_timeline import Timeline
 
 from podckpt.devtools import operator_install
 from podckpt.devtools.cluster.cluster import Cluster
@@ -187,6 +190,7 @@ def _cycle(cluster: Cluster, ns: str, disrupt: Any = _delete) -> dict[str, float
         text=True,
     )
     time.sleep(1.0)
+    timeline = Timeline(cluster, ns, "hog-0") if disrupt is _delete else None
     t0 = time.time()
     background = disrupt(cluster, ns)
     old_text, _ = follow.communicate(timeout=600)
@@ -215,7 +219,9 @@ def _cycle(cluster: Cluster, ns: str, disrupt: Any = _delete) -> dict[str, float
     commit = float(old["commit"]["duration_s"])
     criu_restore = float(restore.get("criu_s", restore["duration_s"]))
     agent_restore = float(restore["duration_s"]) - criu_restore
+    steps = _steps(timeline.finish(old_uid), t0, old, new, restore) if timeline else {}
     return {
+        **steps,
         "downtime_s": downtime,
         "dump_s": dump,
         "commit_s": commit,
@@ -224,6 +230,50 @@ def _cycle(cluster: Cluster, ns: str, disrupt: Any = _delete) -> dict[str, float
         "kubernetes_s": downtime - dump - commit - float(restore["duration_s"]),
         "checkpoint_mib": float(old["commit"].get("bytes", 0)) / 2**20,
     }
+
+
+def _epoch(ts: str) -> float:
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def _steps(
+    times: dict[str, float],
+    t0: float,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    restore: dict[str, Any],
+) -> dict[str, float]:
+    """Consecutive steps of the replacement, in seconds (e2e_timeline.py)."""
+    old_exit = times.get("old_app_exit") or _epoch(old["exit"]["ts"])
+    restored = _epoch(restore["ts"])
+    agent_start = restored - float(restore.get("since_process_start_s") or restore["duration_s"])
+    marks = [
+        ("delete_to_old_exit", t0, old_exit),
+        ("old_exit_to_pod_gone", old_exit, times.get("old_pod_gone")),
+        ("pod_gone_to_new_pod", times.get("old_pod_gone"), times.get("new_pod_added")),
+        ("new_pod_to_scheduled", times.get("new_pod_added"), times.get("new_pod_scheduled")),
+        ("scheduled_to_sandbox", times.get("new_pod_scheduled"), times.get("new_sandbox_start")),
+        ("sandbox_to_init", times.get("new_sandbox_start"), times.get("new_podckpt-bundle_start")),
+        ("init_copy", times.get("new_podckpt-bundle_start"), times.get("new_podckpt-bundle_exit")),
+        ("init_to_app", times.get("new_podckpt-bundle_exit"), times.get("new_app_start")),
+        ("app_to_restored", times.get("new_app_start"), restored),
+        ("agent_start_to_restored", agent_start, restored),
+    ]
+    return {name: b - a for name, a, b in marks if a is not None and b is not None}
+
+
+STEPS = (
+    ("delete_to_old_exit", "delete → old agent exits (dump + commit + exit)"),
+    ("old_exit_to_pod_gone", "old container exit → old pod gone (kubelet teardown, API delete)"),
+    ("pod_gone_to_new_pod", "old pod gone → new pod created (StatefulSet controller, admission)"),
+    ("new_pod_to_scheduled", "new pod → scheduled"),
+    ("scheduled_to_sandbox", "scheduled → pod sandbox started (kubelet: volumes, sandbox, CNI)"),
+    ("sandbox_to_init", "sandbox → bundle init container started"),
+    ("init_copy", "bundle init container (copy of the bundle)"),
+    ("init_to_app", "init exit → application container started"),
+    ("app_to_restored", "application container started → restored program running"),
+    ("agent_start_to_restored", "of which: agent process start → restored (restore phase)"),
+)
 
 
 def _fmt(values: list[float], digits: int = 2) -> str:
@@ -408,6 +458,20 @@ def main(argv: list[str] | None = None) -> int:
             f"| {_fmt([r['kubernetes_s'] for r in runs])} s "
             f"| {_fmt([r['checkpoint_mib'] for r in runs], 1)} MiB |"
         )
+    lines += [
+        "",
+        "Where the time goes (medians, seconds; bench/e2e_timeline.py: pod watch, containerd's"
+        " task events, the agents' lines):",
+        "",
+        "| step | " + " | ".join(f"{mib} MiB" for mib in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+    for key, label in STEPS:
+        cells = []
+        for runs in results.values():
+            values = [r[key] for r in runs if key in r]
+            cells.append(f"{statistics.median(values):.2f}" if values else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Kubernetes' share is the downtime minus the agent's phases: the kubelet noticing the "
