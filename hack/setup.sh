@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian 12 machine, idempotently:
-# Debian packages for the host side, and a virtualenv (.venv) with the pinned Python
-# dependencies. Expensive artefacts (root filesystems, Kubernetes binaries) are built on
-# demand by the code that needs them and cached under $PODCKPT_CACHE, keyed by version.
+# Debian packages for the host side, and a virtualenv (.venv) with the locked Python
+# dependencies (requirements.lock, with hashes). Expensive artefacts (root filesystems,
+# Kubernetes binaries, helm) are built on demand by the code that needs them and cached under
+# $PODCKPT_CACHE, keyed by version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,9 +31,13 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: $PYTHON is older than 3.11; set PYTHON=/path/to/python3.11+" >&2
     exit 1
 fi
+# Exact versions and hashes from requirements.lock (reproducible: `make lock` rewrites it from
+# pyproject.toml), then podckpt itself, editable, without resolving anything again.
 stamp=.venv/.podckpt-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
     [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
+        -r requirements.lock
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
     touch "$stamp"
 fi

@@ -27,6 +27,8 @@ from podckpt.devtools import rootfs
 
 IMAGE_NAME = "podckpt.local/podckpt-operator"
 RUNTIME_DISTRIBUTION = "podckpt"
+#: The extra of pyproject.toml that lists the webhook's and controller's dependencies.
+OPERATOR_EXTRA = "operator"
 SITE = "/opt/podckpt/site-packages"
 #: Operator code only: the build tools and dev tools stay out of the image.
 #: The operator and the key API it shares with the agent (import-linter keeps the operator off
@@ -62,17 +64,22 @@ def base_rootfs() -> Path:
     return rootfs.cached_build(name, build)
 
 
-def _requirement_names(dist: str) -> Iterator[str]:
+def _requirement_names(dist: str, extras: tuple[str, ...] = ()) -> Iterator[str]:
+    """Names of what `dist` requires: its plain requirements plus those of `extras`."""
     for requirement in importlib.metadata.requires(dist) or ():
-        if "extra ==" in requirement:
+        extra = re.search(r"""extra\s*==\s*['"]([^'"]+)['"]""", requirement)
+        if extra is not None and extra[1] not in extras:
             continue
         yield re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0]
 
 
-def runtime_closure(root: str = RUNTIME_DISTRIBUTION) -> list[importlib.metadata.Distribution]:
-    """The installed distributions the runtime dependencies of `root` need (no dev extras)."""
+def runtime_closure(
+    root: str = RUNTIME_DISTRIBUTION, extras: tuple[str, ...] = (OPERATOR_EXTRA,)
+) -> list[importlib.metadata.Distribution]:
+    """The installed distributions that `root` with `extras` needs at run time (the operator
+    extra; never the dev extra)."""
     seen: dict[str, importlib.metadata.Distribution] = {}
-    todo = list(_requirement_names(root))
+    todo = list(_requirement_names(root, extras))
     while todo:
         name = todo.pop()
         key = re.sub(r"[-_.]+", "-", name).lower()
