@@ -26,6 +26,24 @@ typecheck: setup ## mypy strict
 unit: setup ## fast tests that need no root, CRIU or cluster
 	$(VENV)/pytest tests/unit
 
+.PHONY: images chart lock
+REGISTRY ?= ghcr.io/podckpt
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images: setup ## build the operator and bundle images and push them: make images REGISTRY=host[:port][/path] TAG=t
+	$(VENV)/python -m podckpt.devtools.publish --registry $(REGISTRY) --tag $(TAG)
+
+chart: setup ## helm lint + helm template of charts/podckpt (helm is built once, cached)
+	$(VENV)/pytest tests/chart -q
+
+lock: setup ## rewrite requirements*.lock from pyproject.toml (exact versions with hashes)
+	$(VENV)/python -m pip install -q uv==0.13.8
+	$(VENV)/uv pip compile pyproject.toml --extra operator --extra dev --generate-hashes \
+	    --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --no-header \
+	    --annotation-style line -o requirements.lock
+	$(VENV)/uv pip compile pyproject.toml --extra operator --constraint requirements.lock \
+	    --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	    --no-header --annotation-style line -o requirements-operator.lock
+
 .PHONY: bundle bundle-image cluster-up cluster-down bench
 bundle: setup ## build (or reuse) the self-contained agent bundle; prints its directory
 	$(VENV)/python -m podckpt.bundle build

@@ -31,6 +31,18 @@ def pytest_runtest_makereport(
 FAILED = pytest.StashKey[set[str]]()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that uninstall or reinstall the operator run after the other end-to-end tests
+    (and before the tests of other folders, which may take the cluster over)."""
+    here = Path(__file__).parent
+    last = [i for i in items if i.get_closest_marker("lifecycle") and here in i.path.parents]
+    if not last:
+        return
+    rest = [i for i in items if i not in last]
+    end = max((n for n, i in enumerate(rest) if here in i.path.parents), default=len(rest) - 1)
+    items[:] = [*rest[: end + 1], *last, *rest[end + 1 :]]
+
+
 @pytest.fixture(scope="session")
 def operator(node_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The node cluster with podckpt installed in it (webhook and controller Deployments)."""

@@ -16,9 +16,12 @@ the checkpoint PVC, `<domain>/checkpoints` (domain `podckpt.io` by default):
                           "generation": ..., "duration_s": ..., "at": ..., "pod": ...,
                           "why": ...}}}}
 
-`apply()` is the one place that knows how a phase line changes that record; it mirrors what the
-agent's store does (a commit adds a generation and prunes older ones; a restore retires the
-restored generation and all older ones; a fresh start or a completed application retires all).
+`apply()` is the one place that knows how a phase line changes that record; each container
+keeps the ids of the last lines it applied (`applied`), so a line read again changes nothing
+and the controller counts and announces a line only when `apply()` changed the summary. It
+mirrors what the agent's store does (a commit adds a generation and prunes older ones; a
+restore retires the restored generation and all older ones; a fresh start or a completed
+application retires all).
 Generations are only as current as the lines the controller has seen: the store on the volume
 is the truth, this is its journal.
 """
@@ -26,6 +29,7 @@ is the truth, this is its journal.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from typing import Any
 
@@ -34,8 +38,11 @@ ANNOTATION = "checkpoints"
 FORMAT_VERSION = 1
 #: Bound on the generations listed per container (the store keeps at most 100).
 MAX_GENERATIONS = 100
+#: Ids of the lines already applied, per container (the journal's memory).
+MAX_APPLIED = 64
 _ERROR_CHARS = 300
-_PHASES = frozenset({"dump", "commit", "restore", "exit"})
+#: Phases journaled (the others are not about checkpoints or how a container started).
+_PHASES = frozenset({"dump", "commit", "restore", "exit", "fresh-start", "start"})
 
 
 def annotation(domain: str = DEFAULT_DOMAIN) -> str:
@@ -64,6 +71,13 @@ def dump(summary: dict[str, Any]) -> str:
     return json.dumps(summary, separators=(",", ":"), sort_keys=True)
 
 
+def line_id(record: dict[str, Any]) -> str:
+    """A short digest of one agent line (its time stamp included): the same line read twice
+    (a log head re-read, a termination message seen by a new leader) has the same id."""
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _seq(name: object) -> int | None:
     head, sep, tail = str(name).rpartition("-")
     return int(tail) if sep and head and tail.isdigit() else None
@@ -83,10 +97,14 @@ def apply(
     phase, outcome = record.get("phase"), record.get("outcome")
     if phase not in _PHASES:
         return summary
+    line = line_id(record)
+    if line in ((summary.get("containers") or {}).get(container) or {}).get("applied", ()):
+        return summary  # already in the journal: re-reading a log never counts twice
     at = record.get("ts")
     new = copy.deepcopy(summary)
     new.setdefault("version", FORMAT_VERSION)
     entry: dict[str, Any] = new.setdefault("containers", {}).setdefault(container, {})
+    entry["applied"] = [*entry.get("applied", ()), line][-MAX_APPLIED:]
     generations: list[dict[str, Any]] = entry.setdefault("generations", [])
     gen = record.get("generation")
     match phase, outcome:

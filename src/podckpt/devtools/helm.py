@@ -58,9 +58,9 @@ def ensure_helm(version: str | None = None) -> Path:
                 "GOTOOLCHAIN": "local",
                 "GOFLAGS": "-trimpath",
             }
-            version_flag = f"-X helm.sh/helm/v3/internal/version.version={version}"
+            ldflags = f"-s -w -X {MODULE}/internal/version.version={version}"
             proc = subprocess.run(
-                [go, "install", "-ldflags", f"-s -w {version_flag}", f"{MODULE}/cmd/helm@{version}"],
+                [go, "install", "-ldflags", ldflags, f"{MODULE}/cmd/helm@{version}"],
                 cwd=work,
                 env=env,
                 capture_output=True,

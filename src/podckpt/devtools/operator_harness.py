@@ -127,6 +127,8 @@ class Operator:
         self.extra_env = dict(extra_env or {})
         self.webhook: subprocess.Popen[bytes] | None = None
         self.controller: subprocess.Popen[bytes] | None = None
+        self.metrics_ports: dict[str, int] = {}
+        self.health_ports: dict[str, int] = {}
         self.logs = cluster.logs_dir / "operator"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -173,10 +175,18 @@ class Operator:
         return env
 
     def _spawn(self, module: str, serviceaccount: str) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{module.rsplit('.', 1)[-1]}.log").open("ab") as log:
+        name = module.rsplit(".", 1)[-1]
+        # Each process serves /metrics and kopf's /healthz on ports of its own.
+        self.metrics_ports[name], self.health_ports[name] = free_port(), free_port()
+        env = {
+            **self._env(serviceaccount),
+            "PODCKPT_METRICS_PORT": str(self.metrics_ports[name]),
+            "PODCKPT_HEALTH_PORT": str(self.health_ports[name]),
+        }
+        with (self.logs / f"{name}.log").open("ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", module],
-                env=self._env(serviceaccount),
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -1,22 +1,24 @@
-"""Install the podckpt operator IN the local cluster, from its manifests, as a user would.
+"""Install the podckpt operator IN the local cluster as a user would: images pushed to a
+registry, then the Helm chart (or, once per test session, the kustomize tree).
 
-`kubectl kustomize config/` renders the shipped manifests; three things are set on them for
-this cluster, as a kustomize overlay of an installation would:
-
-- the operator image: built without Docker (`operator_image`) and loaded into the node's
-  containerd (no registry), `imagePullPolicy: IfNotPresent`;
-- the bundle image (`PODCKPT_BUNDLE_IMAGE`): the agent bundle built from the current sources
-  (`podckpt.bundle`), loaded the same way;
-- the API server address: the local cluster has no kube-proxy, so the `kubernetes` Service's
+- the images: built without Docker and pushed to the cluster's real registry by the code
+  behind `make images REGISTRY=... TAG=...` (`podckpt.devtools.publish`); the node pulls them
+  from there;
+- Helm: `helm upgrade --install podckpt charts/podckpt` with `image.registry`/`image.tag` set
+  to those, plus what this cluster needs;
+- kustomize: a copy of config/ whose images.env names the pushed images (the one place
+  config/ takes them from), rendered with `kubectl kustomize` and applied;
+- what this cluster needs, either way: it has no kube-proxy, so the `kubernetes` Service's
   ClusterIP leads nowhere. The pods reach the API server through the node tier's forwarder
   (`podckpt.devtools.cluster.forward`) at ``<node IP>:443``, under the name
-  ``kubernetes.default.svc`` (in the serving certificate) mapped by ``hostAliases``.
+  ``kubernetes.default.svc`` (in the serving certificate) mapped by ``hostAliases``
+  (chart values `hostAliases` and `extraEnv`).
 
-Everything else - namespace, RBAC, Deployments, Service, PDB, MutatingWebhookConfiguration and
-the webhook's certificate bootstrap - is exactly what ships. Used by tests/e2e, the benchmark
+Everything else - RBAC, Deployments, Services, PDB, MutatingWebhookConfiguration and the
+webhook's certificate bootstrap - is exactly what ships. Used by tests/e2e, the benchmark
 `bench/e2e_restore.py` and `hack/demo.sh`.
 
-    python -m podckpt.devtools.operator_install [--uninstall]   # on the cluster of hack/cluster.sh
+    python -m podckpt.devtools.operator_install [--kustomize] [--uninstall]
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,21 +37,22 @@ from typing import Any, Protocol
 
 import yaml
 
-from podckpt.bundle import build_bundle
-from podckpt.bundle.image import build_image as build_bundle_image
+from podckpt.devtools import publish
 from podckpt.devtools.cluster.__main__ import _state_dir
 from podckpt.devtools.cluster.cluster import Cluster
+from podckpt.devtools.helm import ensure_helm
 from podckpt.devtools.operator_harness import (
     DEFAULT_PREFIX,
     WEBHOOK_CONFIGURATION,
     ca_bundle_set,
     with_key_prefix,
 )
-from podckpt.devtools.operator_image import build_image as build_operator_image
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "config"
+CHART = REPO / "charts" / "podckpt"
 NAMESPACE = "podckpt-system"
+RELEASE = "podckpt"
 DEPLOYMENTS = ("podckpt-webhook", "podckpt-controller")
 API_HOSTNAME = "kubernetes.default.svc"
 
@@ -58,11 +63,15 @@ class NodeClusterLike(Protocol):
     @property
     def state(self) -> Any: ...
 
+    @property
+    def registry(self) -> str: ...
+
+    @property
+    def kubeconfig(self) -> Path: ...
+
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]: ...
-
-    def load_image(self, source: Path, ref: str, *, push: bool = True) -> str: ...
 
 
 def _sources_tag() -> str:
@@ -77,36 +86,78 @@ def _sources_tag() -> str:
     return h.hexdigest()[:12]
 
 
-def build_images(cluster: NodeClusterLike, work: Path) -> tuple[str, str]:
-    """(operator ref, bundle ref), both loaded into the node's containerd."""
-    operator_ref = build_operator_image(work / "operator-oci", _sources_tag())
-    cluster.load_image(work / "operator-oci", operator_ref, push=False)
-    bundle_ref = build_bundle_image(build_bundle(), work / "bundle-oci")
-    cluster.load_image(work / "bundle-oci", bundle_ref, push=False)
-    return operator_ref, bundle_ref
+def build_images(cluster: NodeClusterLike, work: Path) -> publish.Published:
+    """`make images REGISTRY=<the cluster's registry> TAG=<sources hash>`."""
+    return publish.publish(cluster.registry, _sources_tag(), layouts=work)
 
 
-def render(cluster: NodeClusterLike, operator_ref: str, bundle_ref: str) -> list[dict[str, Any]]:
-    """The shipped manifests (kustomize), set for the local cluster (see the module doc)."""
-    node_ip = cluster.state.node_ip
-    out = cluster.kubectl("kustomize", str(CONFIG)).stdout
+def _cluster_values(cluster: NodeClusterLike) -> dict[str, Any]:
+    """Chart values this cluster needs (see the module doc)."""
+    return {
+        "hostAliases": [{"ip": cluster.state.node_ip, "hostnames": [API_HOSTNAME]}],
+        "extraEnv": [
+            {"name": "KUBERNETES_SERVICE_HOST", "value": API_HOSTNAME},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": "443"},
+        ],
+    }
+
+
+def helm(cluster: NodeClusterLike, *args: str, timeout: float = 300) -> str:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    proc = subprocess.run(
+        [str(ensure_helm()), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"helm {' '.join(args[:2])}: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def install_chart(
+    cluster: NodeClusterLike, images: publish.Published, registry: str, tag: str, **values: Any
+) -> None:
+    """`helm upgrade --install` with the pushed images and this cluster's values."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="podckpt-values-") as file:
+        yaml.safe_dump({**_cluster_values(cluster), **values}, file)
+        file.flush()
+        helm(
+            cluster,
+            "upgrade",
+            "--install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--set",
+            f"image.registry={registry}",
+            "--set",
+            f"image.tag={tag}",
+            "--values",
+            file.name,
+        )
+    del images  # the names follow from registry and tag (asserted by the chart tests)
+
+
+def render_kustomize(cluster: NodeClusterLike, images: publish.Published) -> list[dict[str, Any]]:
+    """config/ with images.env naming the pushed images, rendered; plus this cluster's needs."""
+    with tempfile.TemporaryDirectory(prefix="podckpt-config-") as tmp:
+        config = Path(tmp) / "config"
+        shutil.copytree(CONFIG, config)
+        (config / "images.env").write_text(images.images_env())
+        out = cluster.kubectl("kustomize", str(config)).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
+    values = _cluster_values(cluster)
     for doc in docs:
-        if doc["kind"] != "Deployment":
-            continue
-        spec = doc["spec"]["template"]["spec"]
-        spec["hostAliases"] = [{"ip": node_ip, "hostnames": [API_HOSTNAME]}]
-        for container in spec["containers"]:
-            container["image"] = operator_ref
-            container["imagePullPolicy"] = "IfNotPresent"
-            env = [e for e in container.get("env", []) if e["name"] != "PODCKPT_BUNDLE_IMAGE"]
-            env += [
-                {"name": "KUBERNETES_SERVICE_HOST", "value": API_HOSTNAME},
-                {"name": "KUBERNETES_SERVICE_PORT", "value": "443"},
-            ]
-            if doc["metadata"]["name"] == "podckpt-webhook":
-                env.append({"name": "PODCKPT_BUNDLE_IMAGE", "value": bundle_ref})
-            container["env"] = env
+        if doc["kind"] == "Deployment":
+            spec = doc["spec"]["template"]["spec"]
+            spec["hostAliases"] = values["hostAliases"]
+            for container in spec["containers"]:
+                container["env"] = [*container.get("env", []), *values["extraEnv"]]
     return docs
 
 
@@ -137,12 +188,31 @@ def _wait_available(cluster: NodeClusterLike, timeout: float) -> None:
         time.sleep(1)
 
 
-def install(cluster: NodeClusterLike, work: Path | None = None, timeout: float = 240) -> None:
-    """Build and load the images, apply the manifests, wait until the operator serves."""
+def install(
+    cluster: NodeClusterLike,
+    work: Path | None = None,
+    timeout: float = 240,
+    *,
+    kustomize: bool = False,
+    **values: Any,
+) -> publish.Published:
+    """Build and push the images, install (chart, or kustomize), wait until the operator
+    serves. `values` are extra chart values."""
     with tempfile.TemporaryDirectory(prefix="podckpt-operator-install-") as tmp:
-        operator_ref, bundle_ref = build_images(cluster, work or Path(tmp))
-    docs = render(cluster, operator_ref, bundle_ref)
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        images = build_images(cluster, work or Path(tmp))
+    if kustomize:
+        cluster.kubectl(
+            "apply", "-f", "-", input=yaml.safe_dump_all(render_kustomize(cluster, images))
+        )
+    else:
+        install_chart(cluster, images, cluster.registry, _sources_tag(), **values)
+    wait_serving(cluster, timeout)
+    return images
+
+
+def wait_serving(cluster: NodeClusterLike, timeout: float = 240) -> None:
+    """Both Deployments available, the caBundle written, the webhook Service's endpoints
+    known to the API server."""
     _wait_available(cluster, timeout)
     deadline = time.monotonic() + 60
     while not ca_bundle_set(cluster):
@@ -166,12 +236,26 @@ def install(cluster: NodeClusterLike, work: Path | None = None, timeout: float =
         time.sleep(0.5)
 
 
+def helm_installed(cluster: NodeClusterLike) -> bool:
+    """Whether a Helm release of podckpt is installed (helm is built on demand, cached)."""
+    try:
+        return bool(helm(cluster, "list", "-n", NAMESPACE, "-q", "-f", f"^{RELEASE}$").strip())
+    except (RuntimeError, OSError):
+        return False
+
+
 def uninstall(cluster: NodeClusterLike, *, wait: bool = False) -> None:
-    """Remove the in-cluster operator. With `wait`, return only once its namespace (and so
-    its webhook and controller pods) is gone, so that another operator can take over."""
+    """Remove the in-cluster operator, whichever way it was installed. With `wait`, return
+    only once its namespace (and so its webhook and controller pods) is gone, so that
+    another operator can take over."""
+    # The webhook configuration first (what the chart's pre-delete hook does): never a
+    # fail-closed webhook without pods behind it. The hook itself is tested on its own
+    # (tests/e2e/test_lifecycle.py); here the API server may have no node to run it on.
     cluster.kubectl(
         "delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found"
     )
+    if helm_installed(cluster):
+        helm(cluster, "uninstall", RELEASE, "--namespace", NAMESPACE, "--no-hooks")
     cluster.kubectl(
         "delete",
         "namespace",
@@ -235,6 +319,7 @@ def logs(cluster: NodeClusterLike) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--uninstall", action="store_true")
+    parser.add_argument("--kustomize", action="store_true", help="config/ instead of the chart")
     args = parser.parse_args(argv)
     cluster = Cluster(_state_dir())
     if not cluster.running("node"):
@@ -243,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.uninstall:
         uninstall(cluster)
     else:
-        install(cluster)
+        install(cluster, kustomize=args.kustomize)
     return 0
 
 

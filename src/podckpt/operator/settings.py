@@ -129,6 +129,9 @@ class OperatorSettings(BaseSettings):
     #: is taken as lost with its node or kubelet: its replacement takes the slot under the
     #: next name instead of waiting forever (`podckpt.operator.domain.slots`).
     slot_lost_after_seconds: float = 30.0
+    #: How often each replica checks that the webhook configuration still carries its CA
+    #: (`kubectl apply -k config/` or `helm upgrade` may re-apply it without one).
+    ca_bundle_check_seconds: float = Field(default=30.0, gt=0)
 
     # -- controller ---------------------------------------------------------------------------
     #: A pod whose checkpoint PVC is not there yet (or belongs to a deleted workload of the same
@@ -143,9 +146,28 @@ class OperatorSettings(BaseSettings):
     #: Read this much of a container's log to find the agent's restore line.
     agent_log_head_bytes: int = 65536
 
+    #: Read this much of a container's log tail after `kubectl podckpt checkpoint` asked for a
+    #: checkpoint (the pod's `<domain>/checkpoint-requested` annotation changed).
+    agent_log_tail_bytes: int = 65536
+
+    # -- leader election (controller) ---------------------------------------------------------
+    #: Off for a single replica (and the test harness); the Deployments turn it on. Values as
+    #: client-go's defaults: a lost leader is replaced within ~lease duration.
+    leader_election: bool = False
+    lease_name: str = "podckpt-controller"
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    #: The leader gives up (and exits) when it could not renew for this long.
+    lease_renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    lease_retry_seconds: float = Field(default=2.0, gt=0)
+    #: This replica's name in the Lease (the Deployments set the pod name).
+    pod_name: str = ""
+
     # -- misc -----------------------------------------------------------------------------------
     log_level: str = "INFO"
+    #: Prometheus `/metrics` (0: off).
     metrics_port: int = Field(default=8080, ge=0)
+    #: kopf's liveness/readiness endpoint `/healthz` (0: off).
+    health_port: int = Field(default=8081, ge=0)
 
     @property
     def gate_name(self) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 import kopf
 
 from podckpt.api import InvalidValueError, parse_settings
+from podckpt.operator import metrics
 from podckpt.operator.domain.claims import (
     ClaimState,
     bound_or_late_binding,
@@ -158,6 +159,7 @@ async def _create(
     )
     await announce(state, pod, provisioned, meta.get("uid") or "")
     logger.info("created PVC %s/%s (%s)", namespace, claim, storage)
+    metrics.VOLUMES_PROVISIONED.labels(namespace, identity.kind.value).inc()
     return True
 
 
@@ -294,6 +296,8 @@ async def claim_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo
     """The PVC watch: keep the cache true, and wake pods that wait for a PVC that changed."""
     state: ControllerState = memo["podckpt"]
     key = (body.metadata.namespace or "", body.metadata.name or "")
+    if not state.leading:
+        return  # a standby replica: the leader keeps the cache (and resyncs at takeover)
     if event.get("type") == "DELETED":
         state.claims.pop(key, None)
         state.ready.discard(key)

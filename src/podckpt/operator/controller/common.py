@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from podckpt.operator.kube.api import ApiError, KubeAPI, event_manifest, post_event_once
+from podckpt.operator.kube.leader import LeaderElector
 from podckpt.operator.settings import OperatorSettings
 
 from . import events, storekey
@@ -72,6 +73,11 @@ class ControllerState:
     seen: _Seen = dataclasses.field(default_factory=_Seen)
     sweeper: asyncio.Task[None] | None = None
     rechecker: asyncio.Task[None] | None = None
+    election: asyncio.Task[None] | None = None
+    resyncer: asyncio.Task[None] | None = None
+    elector: LeaderElector | None = None
+    #: False on a standby replica (leader election): its handlers do nothing.
+    leading: bool = True
 
 
 def api_of(state: ControllerState) -> KubeAPI:

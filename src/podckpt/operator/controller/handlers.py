@@ -11,12 +11,13 @@ from typing import Any, cast
 
 import kopf
 
-from podckpt.api import Key, qualified
+from podckpt.api import Key, qualified, summary
+from podckpt.operator.domain.identity import Identity
 from podckpt.operator.domain.sizing import MEASURED_THROUGHPUT
 from podckpt.operator.kube.api import ApiError, namespaced
 from podckpt.operator.settings import OperatorSettings
 
-from . import claims, events, storekey
+from . import claims, events, journal, storekey
 from .common import ControllerState, announce, api_of, with_retries
 
 logger = logging.getLogger(__name__)
@@ -61,18 +62,63 @@ async def ensure_store_key(state: ControllerState, body: kopf.Body) -> None:
 LOG_HEAD_RETRY_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
 
+def _workload_kind(body: kopf.Body, op: OperatorSettings) -> str:
+    encoded = body.metadata.annotations.get(op.annotation("identity"))
+    try:
+        return Identity.decode(encoded).kind.value if encoded else "unknown"
+    except (ValueError, KeyError):
+        return "unknown"
+
+
+async def _journal(
+    state: ControllerState, body: kopf.Body, container: str, text: str
+) -> list[dict[str, Any]]:
+    """Fold the agent's lines in `text` into the PVC's journal and count the new ones in
+    the metrics (`journal`); returns the new lines. A pod on the user's own volume has no PVC
+    of ours: its lines are deduplicated in memory."""
+    op = state.op
+    records = list(events.agent_lines(text))
+    if not records:
+        return []
+    namespace = body.metadata.namespace or ""
+    claim = body.metadata.annotations.get(op.annotation("claim"))
+    new: list[dict[str, Any]] | None = None
+    if claim and state.api is not None:
+        try:
+            new = await journal.record(
+                state.api,
+                op,
+                namespace=namespace,
+                claim=claim,
+                container=container,
+                records=records,
+                pod=body.metadata.name or "",
+            )
+        except ApiError as exc:
+            logger.warning("could not record checkpoints on PVC %s/%s: %s", namespace, claim, exc)
+            return []
+    if new is None:
+        uid = body.metadata.uid or ""
+        new = [r for r in records if state.seen.add((uid, container, summary.line_id(r)))]
+    journal.observe(new, namespace, _workload_kind(body, op))
+    return new
+
+
 async def _report_agent(state: ControllerState, body: kopf.Body) -> None:
     """Events from the agent: how each container instance ended (exit code and termination
     message) and how it started (the head of its log). See `events` for which fact comes
-    from where; each is announced once."""
+    from where; each is announced once. Every line also goes to the PVC's journal and the
+    metrics (`_journal`), and after `kubectl podckpt checkpoint` the log tail does too."""
     op = state.op
     uid = body.metadata.uid or ""
-    containers = body.metadata.annotations.get(op.annotation("containers"), "").split(",")
+    annotations = body.metadata.annotations
+    containers = annotations.get(op.annotation("containers"), "").split(",")
     status = dict(body.status)
     for ended in events.terminated_containers(status, containers):
         instance = (uid, ended.container, ended.instance)
         if not state.seen.add((*instance, "terminated")):
             continue
+        await _journal(state, body, ended.container, ended.message or "")
         found = events.exit_events(ended.container, ended.exit_code, ended.message)
         await _record_throughput(state, body, ended)
         if state.seen.add((*instance, "started")):
@@ -99,8 +145,40 @@ async def _report_agent(state: ControllerState, body: kopf.Body) -> None:
         except ApiError as exc:
             logger.info("no log of %s/%s: %s", body.metadata.name, container, exc)
             continue
+        await _journal(state, body, container, text)
         for event in events.start_events(container, text):
             await announce(state, body, event, f"{uid}/{container}/{instance_id}")
+    requested = annotations.get(op.annotation("checkpoint-requested"))
+    if requested and state.seen.add((uid, "checkpoint-requested", requested)):
+        await _checkpoint_requested(state, body, containers, status)
+
+
+async def _checkpoint_requested(
+    state: ControllerState, body: kopf.Body, containers: list[str], status: dict[str, Any]
+) -> None:
+    """`kubectl podckpt checkpoint` checkpointed a running container: its lines are at the
+    end of its log."""
+    assert state.api is not None
+    uid = body.metadata.uid or ""
+    path = namespaced("pods", body.metadata.namespace or "", body.metadata.name) + "/log"
+    for container, _instance in events.started_containers(status, containers):
+        try:
+            text = await state.api.get_text(path, container=container, tailLines="400")
+        except ApiError as exc:
+            logger.info("no log of %s/%s: %s", body.metadata.name, container, exc)
+            continue
+        for line in await _journal(state, body, container, text):
+            if line.get("phase") == "commit" and line.get("outcome") == "ok":
+                size = line.get("bytes")
+                size_text = f", {size / 2**20:.1f} MiB" if isinstance(size, int | float) else ""
+                committed = events.PodEvent(
+                    events.NORMAL,
+                    "CheckpointCommitted",
+                    f"container {container}: checkpoint generation {line.get('generation')}"
+                    f"{size_text} (requested with kubectl podckpt checkpoint)",
+                    str(line.get("generation")),
+                )
+                await announce(state, body, committed, f"{uid}/{container}/requested")
 
 
 async def _record_throughput(
@@ -132,15 +210,29 @@ async def injected_pod(
 ) -> None:
     """Every change of a pod the webhook injected."""
     state: ControllerState = memo["podckpt"]
-    kind = event.get("type")
-    uid = body.metadata.uid or ""
+    if not state.leading:
+        return  # a standby replica: the leader acts (and resynchronises when it takes over)
     namespace = body.metadata.namespace or ""
     entry: tuple[dict[str, str], dict[str, str]] = next(
         iter(namespace_entry.get(namespace, ())), ({}, {})
     )
+    await process_pod(state, body, event.get("type"), entry)
+
+
+async def process_pod(
+    state: ControllerState,
+    body: kopf.Body,
+    kind: str | None,
+    namespace_meta: tuple[dict[str, str], dict[str, str]] | None = None,
+) -> None:
+    """One look at an injected pod: its store key and volume, the Injected event, the
+    agent's lines. `kind` is the watch event type (RESYNC when a new leader catches up)."""
+    uid = body.metadata.uid or ""
+    if namespace_meta is None:
+        namespace_meta = await _namespace_meta(state, body.metadata.namespace or "")
     if kind != "DELETED":
         await ensure_store_key(state, body)
-        await claims.settle(state, body, entry[0], entry[1])
+        await claims.settle(state, body, namespace_meta[0], namespace_meta[1])
     if kind == "ADDED" and state.seen.add((uid, "injected")):
         op = state.op
         annotations = body.metadata.annotations
@@ -157,10 +249,17 @@ async def injected_pod(
         state.seen.discard_prefix(uid)
 
 
+async def _namespace_meta(
+    state: ControllerState, namespace: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    meta = (await api_of(state).get(f"/api/v1/namespaces/{namespace}")).get("metadata") or {}
+    return dict(meta.get("labels") or {}), dict(meta.get("annotations") or {})
+
+
 async def uninjected_pod(*, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A pod that asks for checkpointing but carries no agent (label added after creation)."""
     state: ControllerState = memo["podckpt"]
-    if not state.seen.add((body.metadata.uid or "", "not-injected")):
+    if not state.leading or not state.seen.add((body.metadata.uid or "", "not-injected")):
         return
     warning = events.PodEvent(
         events.WARNING,

@@ -67,6 +67,7 @@ def run(
     *,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
+    health_port: int = 0,
 ) -> None:
     """Run the operator until SIGTERM/SIGINT (or `stop_flag`)."""
     asyncio.run(
@@ -78,11 +79,19 @@ def run(
             standalone=True,
             # kopf's default identity asks getpass.getuser(), which fails for a uid without a
             # passwd entry (the image runs as 65532 and has none). Peering is off anyway.
-            identity=Identity(f"{socket.gethostname()}@{os.getpid()}"),
+            identity=Identity(identity()),
             stop_flag=stop_flag,
             ready_flag=ready_flag,
+            # kopf's probes: 200 once the startup handlers ran (the webhook serves, the
+            # controller is logged in), 500 when a probe handler raises.
+            liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
         )
     )
+
+
+def identity() -> str:
+    """This process among its replicas: the pod's hostname and the PID."""
+    return f"{socket.gethostname()}@{os.getpid()}"
 
 
 Builder = Callable[
@@ -90,7 +99,7 @@ Builder = Callable[
 ]
 
 
-def main(build: Builder) -> int:
+def main(build: Builder, *, stop_flag: asyncio.Event | None = None) -> int:
     """The entry point of each operator process (webhook, controller): settings from the
     environment, logging, then `build`'s registry run until SIGTERM."""
     op = load_settings()
@@ -98,5 +107,5 @@ def main(build: Builder) -> int:
     # kopf reports every handled event at INFO; at our scale that is noise, not information.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
     registry, settings, memo = build(op)
-    run(registry, settings, memo)
+    run(registry, settings, memo, stop_flag=stop_flag, health_port=op.health_port)
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 
 import kopf
 
+from podckpt.operator import metrics
 from podckpt.operator.domain import sizing
 from podckpt.operator.domain.identity import Identity
 from podckpt.operator.domain.slots import Holder, SlotChoice, holder_state
@@ -197,6 +198,7 @@ async def admit(state: WebhookState, review: AdmissionReview) -> AdmissionReview
     pod = request.get("object") or {}
     namespace = request.get("namespace") or pod.get("metadata", {}).get("namespace", "")
     report = not request.get("dryRun")
+    started = time.perf_counter()
     try:
         patch, warnings, mistakes = await _mutate(state, request)
     except Denied as exc:
@@ -204,10 +206,17 @@ async def admit(state: WebhookState, review: AdmissionReview) -> AdmissionReview
         logger.info("denied pod in %s: %s", namespace, exc)
         if report and exc.code < 500:  # the pod's fault, not the webhook's or the API's
             state.reporter.report(state.api, namespace, pod, REFUSED, [str(exc)])
+        _count("denied", started)
         return respond(uid, denied=Status(code=exc.code, message=str(exc)))
     if report:
         state.reporter.report(state.api, namespace, pod, MISTAKE, mistakes)
+    _count("injected" if patch else "skipped", started)
     return respond(uid, patch=patch, warnings=warnings)
+
+
+def _count(outcome: str, started: float) -> None:
+    metrics.ADMISSIONS.labels(outcome).inc()
+    metrics.ADMISSION_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
 
 async def _mutate(
