@@ -5,6 +5,7 @@ image names from one place)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,24 @@ def test_chart_defaults_and_kustomize_install_the_same_objects(helm: Path, kubec
     assert sorted(chart_objs) == sorted(kustomize_objs)
     for key, doc in chart_objs.items():
         assert _comparable(doc) == _comparable(kustomize_objs[key]), key
+
+
+def test_grafana_dashboard_queries_only_exported_metrics(helm: Path) -> None:
+    from podckpt.operator import metrics  # noqa: PLC0415
+
+    exported = set()
+    for value in vars(metrics).values():
+        name = getattr(value, "_name", None)
+        kind = getattr(value, "_type", "")
+        if name:
+            exported.add(f"{name}_total" if kind == "counter" else name)
+    dashboard = json.loads((CHART / "dashboards" / "podckpt.json").read_text())
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\b(podckpt_[a-z_]+?)(?:_bucket)?\b", target["expr"]))
+    assert queried
+    assert queried <= exported, queried - exported
+    objs = by_key(template(helm, "grafanaDashboard.enabled=true"))
+    data = objs[("ConfigMap", "podckpt-grafana-dashboard")]["data"]["podckpt.json"]
+    assert json.loads(data) == dashboard
