@@ -142,7 +142,7 @@ def test_plugin_checkpoint_status_explain_and_metrics(
     assert doc["opted_in"] is True
     (pod,) = doc["pods"]
     assert pod["injected"] is True
-    assert pod["identity"] == "statefulset-web-0"
+    assert pod["identity"] == "statefulset/web#0"
     assert pod["claim"]["name"] == "podckpt-statefulset-web-0"
     assert pod["claim"]["phase"] == "Bound"
     assert pod["not_checkpointable"] == []
