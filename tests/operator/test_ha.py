@@ -131,3 +131,25 @@ def test_one_leader_acts_and_the_standby_takes_over(
         what="PVC by the new leader",
     )
     assert _metric(b.metrics, "podckpt_controller_leader") == 1.0
+
+
+def test_webhook_restores_a_blanked_ca_bundle(kube: Kube, operator: Operator) -> None:
+    """`kubectl apply -k config/` or `helm upgrade` re-applies the webhook configuration
+    without our CA: each replica writes it back (here within a second), so the fail-closed
+    webhook does not stay unreachable for the API server."""
+    del operator
+    admission = client.AdmissionregistrationV1Api(kube.api)
+    config = admission.read_mutating_webhook_configuration("podckpt")
+    ca = config.webhooks[0].client_config.ca_bundle
+    assert ca
+    for webhook in config.webhooks:
+        webhook.client_config.ca_bundle = None
+    admission.replace_mutating_webhook_configuration("podckpt", config)
+    blanked = admission.read_mutating_webhook_configuration("podckpt")
+    assert all(not w.client_config.ca_bundle for w in blanked.webhooks)
+
+    def restored() -> bool:
+        now = admission.read_mutating_webhook_configuration("podckpt")
+        return all(w.client_config.ca_bundle == ca for w in now.webhooks)
+
+    eventually(restored, timeout=20, what="the caBundle written back")

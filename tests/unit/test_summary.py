@@ -86,7 +86,9 @@ def test_unreadable_annotation_is_empty_and_other_phases_are_ignored() -> None:
     assert summary.parse("{not json") == summary.empty()
     assert summary.parse('"a string"') == summary.empty()
     s = summary.empty()
-    assert summary.apply(s, "app", line("settings", "warning", "t"), "p") is s
+    warned = summary.apply(s, "app", line("settings", "warning", "t"), "p")
+    assert warned["containers"]["app"]["generations"] == []  # journaled, nothing else
+    assert summary.apply(warned, "app", line("settings", "warning", "t"), "p") is warned
     assert summary.parse(summary.dump(summary.fold(s, "app", checkpoint(G1, "t"), "p")))
 
 

@@ -17,11 +17,11 @@ the checkpoint PVC, `<domain>/checkpoints` (domain `podckpt.io` by default):
                           "why": ...}}}}
 
 `apply()` is the one place that knows how a phase line changes that record; each container
-keeps the ids of the last lines it applied (`applied`), so a line read again changes nothing
-and the controller counts and announces a line only when `apply()` changed the summary. It
-mirrors what the agent's store does (a commit adds a generation and prunes older ones; a
-restore retires the restored generation and all older ones; a fresh start or a completed
-application retires all).
+keeps the ids of the last lines it applied (`applied`, lines of every phase), so a line read
+again changes nothing, and the controller counts and announces a line only when `apply()`
+changed the summary. It mirrors what the agent's store does (a commit adds a generation and
+prunes older ones; a restore retires the restored generation and all older ones; a fresh
+start or a completed application retires all).
 Generations are only as current as the lines the controller has seen: the store on the volume
 is the truth, this is its journal.
 """
@@ -39,10 +39,8 @@ FORMAT_VERSION = 1
 #: Bound on the generations listed per container (the store keeps at most 100).
 MAX_GENERATIONS = 100
 #: Ids of the lines already applied, per container (the journal's memory).
-MAX_APPLIED = 64
+MAX_APPLIED = 256
 _ERROR_CHARS = 300
-#: Phases journaled (the others are not about checkpoints or how a container started).
-_PHASES = frozenset({"dump", "commit", "restore", "exit", "fresh-start", "start"})
 
 
 def annotation(domain: str = DEFAULT_DOMAIN) -> str:
@@ -95,7 +93,7 @@ def apply(
     Applying the same lines again gives the same summary, so the controller may re-read a
     log head or a termination message after a restart or a leader change."""
     phase, outcome = record.get("phase"), record.get("outcome")
-    if phase not in _PHASES:
+    if not phase:
         return summary
     line = line_id(record)
     if line in ((summary.get("containers") or {}).get(container) or {}).get("applied", ()):
@@ -139,7 +137,7 @@ def apply(
                 "at": at,
                 "pod": pod,
             }
-        case "restore", ("ok" | "failed" | "fallback-fresh" | "skipped"):
+        case "restore", ("ok" | "failed" | "refused" | "fallback-fresh" | "skipped"):
             if outcome == "ok":
                 restored = _seq(gen)  # it and every older generation are retired
                 entry["generations"] = [
@@ -147,7 +145,7 @@ def apply(
                     for g in generations
                     if restored is None or (_seq(g.get("generation")) or 0) > restored
                 ]
-            elif outcome == "failed":
+            elif outcome in ("failed", "refused"):
                 for g in generations:
                     if g.get("generation") == gen:
                         g["failed"] = True

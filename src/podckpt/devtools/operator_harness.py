@@ -167,6 +167,7 @@ class Operator:
                 "PODCKPT_SLOT_RESERVATION_SECONDS": "2",
                 "PODCKPT_SLOT_LOST_AFTER_SECONDS": "3",
                 "PODCKPT_ORPHAN_SWEEP_SECONDS": "3",
+                "PODCKPT_CA_BUNDLE_CHECK_SECONDS": "1",
                 "PYTHONPATH": str(REPO / "src"),
                 "MALLOC_ARENA_MAX": "2",  # as in the shipped Deployments
             }

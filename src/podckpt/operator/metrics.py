@@ -10,7 +10,7 @@ Webhook:
     podckpt_admission_duration_seconds{outcome}     time to answer an AdmissionReview
 Controller (counted once per agent line: the PVC summary is the journal, see podckpt.api.summary):
     podckpt_checkpoints_total{outcome,namespace,workload_kind}   ok | failed
-    podckpt_restores_total{outcome,namespace,workload_kind}      ok | failed (each attempt)
+    podckpt_restores_total{outcome,namespace,workload_kind}      ok | failed | refused (each)
     podckpt_fresh_starts_total{reason,namespace,workload_kind}
         no-checkpoint | restore-failed | policy-fresh | completed | other
     podckpt_dump_duration_seconds, podckpt_commit_duration_seconds,

@@ -111,7 +111,7 @@ def observe(records: list[dict[str, Any]], namespace: str, kind: str) -> None:
                 size = line.get("bytes")
                 if isinstance(size, int | float):
                     metrics.IMAGE_BYTES.observe(float(size))
-            case "restore", "ok" | "failed":
+            case "restore", "ok" | "failed" | "refused":
                 metrics.RESTORES.labels(outcome, namespace, kind).inc()
                 if outcome == "ok" and seconds is not None:
                     metrics.RESTORE_SECONDS.observe(seconds)
