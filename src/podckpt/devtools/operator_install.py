@@ -200,6 +200,11 @@ def install(
     serves. `values` are extra chart values."""
     with tempfile.TemporaryDirectory(prefix="podckpt-operator-install-") as tmp:
         images = build_images(cluster, work or Path(tmp))
+    present = cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode == 0
+    if present and (kustomize or not helm_installed(cluster)):
+        # objects of another install (kustomize, or the apiserver tier's harness), which
+        # Helm refuses to adopt: removed first, as a user switching methods would
+        uninstall(cluster, wait=True)
     if kustomize:
         cluster.kubectl(
             "apply", "-f", "-", input=yaml.safe_dump_all(render_kustomize(cluster, images))
