@@ -99,7 +99,8 @@ def test_values_reach_the_objects(helm: Path) -> None:
     assert env_of(controller)["PODCKPT_LEADER_ELECTION"] == "false"
     assert ("Service", "podckpt-webhook-metrics") not in objs
     hooks = objs[("MutatingWebhookConfiguration", "podckpt")]["webhooks"]
-    assert [h["failurePolicy"] for h in hooks] == ["Ignore", "Ignore", "Ignore"]
+    assert [h["failurePolicy"] for h in hooks] == ["Ignore"] * 4
+    assert "'example.com/checkpoint-mode'" in hooks[1]["matchConditions"][0]["expression"]
     for h in hooks:
         assert h["clientConfig"]["service"]["namespace"] == "ops"
         excluded = h["namespaceSelector"]["matchExpressions"][-1]["values"]

@@ -111,7 +111,7 @@ prometheus.io/path: /metrics
 {{/* The parts every webhook entry shares. */}}
 {{- define "podckpt.webhookEntry" -}}
 admissionReviewVersions: [v1]
-sideEffects: None
+sideEffects: NoneOnDryRun
 failurePolicy: {{ .failurePolicy }}
 timeoutSeconds: {{ .Values.webhook.timeoutSeconds }}
 reinvocationPolicy: Never
