@@ -160,6 +160,11 @@ def build(
         return {"leading": state.leading, "lease_contact_s": round(silent, 1)}
 
     async def cleanup(**_: Any) -> None:
+        if state.election is not None and state.elector is not None:
+            state.election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await state.election
+            await state.elector.release()
         for task in (state.sweeper, state.rechecker, state.election, state.resyncer):
             if task is not None:
                 task.cancel()

@@ -296,8 +296,6 @@ async def claim_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo
     """The PVC watch: keep the cache true, and wake pods that wait for a PVC that changed."""
     state: ControllerState = memo["podckpt"]
     key = (body.metadata.namespace or "", body.metadata.name or "")
-    if not state.leading:
-        return  # a standby replica: the leader keeps the cache (and resyncs at takeover)
     if event.get("type") == "DELETED":
         state.claims.pop(key, None)
         state.ready.discard(key)
@@ -306,7 +304,8 @@ async def claim_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo
         if summary != state.claims.get(key):
             state.ready.discard(key)  # re-checked by the next pod that needs it
         state.claims[key] = summary
-    if key in state.waiting and state.api is not None:
+    # A standby keeps its cache warm (it may lead next) but acts on nothing.
+    if key in state.waiting and state.api is not None and state.leading:
         try:
             await wake(state, key)
         except ApiError as exc:

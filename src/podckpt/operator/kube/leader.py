@@ -116,6 +116,25 @@ class LeaderElector:
             raise
         return True
 
+    async def release(self) -> None:
+        """Give the Lease up at a clean shutdown (client-go's ReleaseOnCancel), so that the
+        standby takes over at its next retry instead of waiting out the lease (rollouts)."""
+        if not self.leading:
+            return
+        self.leading = False
+        try:
+            lease = await self.api.get(f"{self.path}/{self.name}")
+            if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            patch = {
+                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                "spec": {"holderIdentity": None, "leaseDurationSeconds": 1},
+            }
+            await self.api.merge_patch(f"{self.path}/{self.name}", patch)
+            logger.info("released lease %s", self.name)
+        except (TimeoutError, ApiError, OSError) as exc:
+            logger.warning("could not release lease %s: %s", self.name, exc)
+
     def _set(self, leading: bool) -> None:
         if leading != self.leading:
             self.leading = leading
