@@ -54,6 +54,7 @@ CHART = REPO / "charts" / "podckpt"
 NAMESPACE = "podckpt-system"
 RELEASE = "podckpt"
 DEPLOYMENTS = ("podckpt-webhook", "podckpt-controller")
+CLUSTER_ROLES = ("podckpt-webhook", "podckpt-controller", "podckpt-uninstall")
 API_HOSTNAME = "kubernetes.default.svc"
 
 
@@ -274,8 +275,9 @@ def uninstall(cluster: NodeClusterLike, *, wait: bool = False) -> None:
         out = cluster.kubectl(
             "get", kind, "-l", "app.kubernetes.io/part-of=podckpt", "-o", "name", check=False
         ).stdout.split()
-        if out:
-            cluster.kubectl("delete", *out, "--ignore-not-found", check=False)
+        # by name too: the apiserver tier's harness applies them without the label
+        out += [f"{kind}/{name}" for name in CLUSTER_ROLES]
+        cluster.kubectl("delete", *sorted(set(out)), "--ignore-not-found", check=False)
 
 
 def set_key_prefix(cluster: NodeClusterLike, prefix: str, timeout: float = 240) -> None:
