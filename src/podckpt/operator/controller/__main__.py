@@ -74,6 +74,13 @@ async def resync(state: ControllerState) -> None:
     each agent line once)."""
     assert state.api is not None
     injected = state.op.annotation("injected")
+    namespaces: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+    for item in (await state.api.get("/api/v1/namespaces")).get("items") or ():
+        meta = item.get("metadata") or {}
+        namespaces[meta.get("name", "")] = (
+            dict(meta.get("labels") or {}),
+            dict(meta.get("annotations") or {}),
+        )
     params = {"limit": "500"}
     count = 0
     while True:
@@ -82,7 +89,9 @@ async def resync(state: ControllerState) -> None:
             if injected in ((item.get("metadata") or {}).get("annotations") or {}):
                 body = kopf.Body(cast(Any, {"apiVersion": "v1", "kind": "Pod", **item}))
                 try:
-                    await handlers.process_pod(state, body, "RESYNC")
+                    await handlers.process_pod(
+                        state, body, "RESYNC", namespaces.get(body.metadata.namespace or "")
+                    )
                 except (ApiError, kopf.TemporaryError) as exc:
                     logger.warning("resync of %s: %s", body.metadata.name, exc)
                 count += 1

@@ -228,8 +228,7 @@ async def process_pod(
     """One look at an injected pod: its store key and volume, the Injected event, the
     agent's lines. `kind` is the watch event type (RESYNC when a new leader catches up)."""
     uid = body.metadata.uid or ""
-    if namespace_meta is None:
-        namespace_meta = await _namespace_meta(state, body.metadata.namespace or "")
+    namespace_meta = namespace_meta or ({}, {})
     if kind != "DELETED":
         await ensure_store_key(state, body)
         await claims.settle(state, body, namespace_meta[0], namespace_meta[1])
@@ -247,13 +246,6 @@ async def process_pod(
     await _report_agent(state, body)
     if kind == "DELETED":
         state.seen.discard_prefix(uid)
-
-
-async def _namespace_meta(
-    state: ControllerState, namespace: str
-) -> tuple[dict[str, str], dict[str, str]]:
-    meta = (await api_of(state).get(f"/api/v1/namespaces/{namespace}")).get("metadata") or {}
-    return dict(meta.get("labels") or {}), dict(meta.get("annotations") or {})
 
 
 async def uninjected_pod(*, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
