@@ -256,7 +256,7 @@ def uninstall(cluster: NodeClusterLike, *, wait: bool = False) -> None:
     another operator can take over."""
     # The webhook configuration first (what the chart's pre-delete hook does): never a
     # fail-closed webhook without pods behind it. The hook itself is tested on its own
-    # (tests/e2e/test_lifecycle.py); here the API server may have no node to run it on.
+    # (tests/e2e/test_operator_lifecycle.py); here the API server may have no node to run it on.
     cluster.kubectl(
         "delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found"
     )
