@@ -153,7 +153,7 @@ class Operator:
 
     # ---- processes ------------------------------------------------------------------------
 
-    def _env(self, serviceaccount: str) -> dict[str, str]:
+    def _env(self, serviceaccount: str, port: int | None = None) -> dict[str, str]:
         kubeconfig = self.cluster.token_kubeconfig(NAMESPACE, serviceaccount)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PODCKPT_", "KUBECONFIG"))}
         env.update(
@@ -161,7 +161,7 @@ class Operator:
                 "KUBECONFIG": str(kubeconfig),
                 "PODCKPT_OPERATOR_NAMESPACE": NAMESPACE,
                 "PODCKPT_WEBHOOK_ADDRESS": "127.0.0.1",
-                "PODCKPT_WEBHOOK_PORT": str(self.port),
+                "PODCKPT_WEBHOOK_PORT": str(port or self.port),
                 "PODCKPT_WEBHOOK_EXTRA_NAMES": json.dumps(["127.0.0.1"]),
                 # tests delete pods seconds after creating them
                 "PODCKPT_SLOT_RESERVATION_SECONDS": "2",
@@ -175,18 +175,29 @@ class Operator:
         env.update(self.extra_env)
         return env
 
-    def _spawn(self, module: str, serviceaccount: str) -> subprocess.Popen[bytes]:
-        name = module.rsplit(".", 1)[-1]
+    def _spawn(
+        self,
+        module: str,
+        serviceaccount: str,
+        *,
+        name: str | None = None,
+        argv: list[str] | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """`python -m module` (or `argv`) as `serviceaccount`, output to `<name>.log`."""
+        name = name or module.rsplit(".", 1)[-1]
         # Each process serves /metrics and kopf's /healthz on ports of its own.
         self.metrics_ports[name], self.health_ports[name] = free_port(), free_port()
         env = {
-            **self._env(serviceaccount),
+            **self._env(serviceaccount, port),
             "PODCKPT_METRICS_PORT": str(self.metrics_ports[name]),
             "PODCKPT_HEALTH_PORT": str(self.health_ports[name]),
+            **(env or {}),
         }
         with (self.logs / f"{name}.log").open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", module],
+                argv or [sys.executable, "-m", module],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -219,12 +230,25 @@ class Operator:
             timeout,
         )
 
-    def start_controller(self, timeout: float = 30) -> None:
+    def start_controller(
+        self,
+        timeout: float = 30,
+        *,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> None:
+        """The controller; `argv`/`env`: the same controller under a test's wrapper (the
+        fault suite's kill points); `wait=False`: return at once (it may die early)."""
         if self.controller is not None and self.controller.poll() is None:
             return
-        self.controller = self._spawn("podckpt.operator.controller", "podckpt-controller")
         log = self.logs / "controller.log"
         start = log.stat().st_size if log.exists() else 0
+        self.controller = self._spawn(
+            "podckpt.operator.controller", "podckpt-controller", argv=argv, env=env
+        )
+        if not wait:
+            return
 
         def started() -> bool:
             with log.open("rb") as f:

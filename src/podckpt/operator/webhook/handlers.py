@@ -25,6 +25,7 @@ from typing import Any
 
 import kopf
 
+from podckpt.api import Key, qualified
 from podckpt.operator import metrics
 from podckpt.operator.domain import sizing
 from podckpt.operator.domain.identity import Identity
@@ -86,6 +87,38 @@ async def namespace_event(
         state.namespaces.pop(name, None)
     else:
         state.namespaces[name] = (dict(body.metadata.labels), dict(body.metadata.annotations))
+
+
+async def read_namespace(
+    state: WebhookState, namespace: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The namespace's labels and annotations from the API server (a LIST by name: the
+    webhook's RBAC has list and watch on namespaces, not get), into the watch's cache."""
+    if state.api is None:  # only before start-up ends (the server starts after the login)
+        return {}, {}
+    try:
+        result = await state.api.get(
+            "/api/v1/namespaces", fieldSelector=f"metadata.name={namespace}"
+        )
+    except ApiError as exc:
+        raise Denied(f"podckpt: cannot read namespace {namespace}: {exc}", code=500) from None
+    items = result.get("items") or ()
+    meta = (items[0].get("metadata") or {}) if items else {}
+    entry = (dict(meta.get("labels") or {}), dict(meta.get("annotations") or {}))
+    state.namespaces[namespace] = entry
+    return entry
+
+
+def _namespace_selected(pod: Mapping[str, Any], plan: mutate.Plan | mutate.Skip) -> bool:
+    """Whether the pod reached us only because of its namespace's labels while our view of the
+    namespace says it asks for nothing: the view is behind (a namespace created or labelled
+    a moment ago, not yet delivered by the watch). The webhooks' selectors send a pod without
+    its own `checkpoint-mode` label only when its namespace asks for checkpointing or
+    injection."""
+    if not isinstance(plan, mutate.Skip) or plan.reason != mutate.NOT_ENABLED:
+        return False
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return qualified(Key.CHECKPOINT_MODE) not in labels
 
 
 async def slot_holders(state: WebhookState, namespace: str, group: str) -> list[Holder]:
@@ -227,9 +260,13 @@ async def _mutate(
     if request.get("operation") != "CREATE" or request["kind"]["kind"] != "Pod" or not pod:
         return [], [], []
     namespace = request.get("namespace") or pod.get("metadata", {}).get("namespace", "")
-    labels, annotations = state.namespaces.get(namespace, ({}, {}))
+    known = state.namespaces.get(namespace)
+    labels, annotations = known or await read_namespace(state, namespace)
     try:
         plan = mutate.plan(pod, mutate.Namespace(namespace, labels, annotations), state.op)
+        if known is not None and _namespace_selected(pod, plan):
+            labels, annotations = await read_namespace(state, namespace)
+            plan = mutate.plan(pod, mutate.Namespace(namespace, labels, annotations), state.op)
     except mutate.DeniedError as exc:
         raise Denied(str(exc)) from None
     if isinstance(plan, mutate.Skip):

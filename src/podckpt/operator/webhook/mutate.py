@@ -72,6 +72,10 @@ class Namespace:
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
+#: The reason of a `Skip` when neither the pod nor its namespace asks for checkpointing.
+NOT_ENABLED = "checkpointing is not enabled for this pod"
+
+
 @dataclasses.dataclass(frozen=True)
 class Skip:
     """The pod is admitted unchanged; `reason` goes to the log, `warnings` to kubectl."""
@@ -141,7 +145,7 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
     elif inject_all:
         mode = Mode.DORMANT
     else:
-        return Skip("checkpointing is not enabled for this pod")
+        return Skip(NOT_ENABLED)
 
     # validate
     spec = pod.get("spec", {})

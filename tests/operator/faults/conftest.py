@@ -1,0 +1,105 @@
+"""The operator under faults (issue 16.3): the real API server, controller-manager, webhook and
+controller, with the API server restarted, the controller and a webhook replica SIGKILLed, and
+bursts of pod creations. Every scenario ends with the same check (`opfaults.verify`): 0
+duplicate slots, 0 duplicate or missing PVCs, 0 pods admitted uninjected. The session prints
+one summary line (docs/reliability.md).
+
+The operator runs as a cluster runs it: two webhook replicas behind a Service stand-in
+(`podckpt.devtools.operator_replicas`), one controller. It takes over from the session's
+one-replica operator (tests/operator/conftest.py) and hands it back afterwards.
+
+Seeded: FAULT_SEED (default 16) chooses every kill point and restart moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubehelpers import Kube, eventually
+from kubernetes import client
+from opfaults import CLASS, SEED, TALLY, NamespaceFactory
+
+from podckpt.devtools.operator_harness import Operator
+from podckpt.devtools.operator_replicas import ReplicatedOperator
+
+pytestmark = pytest.mark.apiserver
+
+
+@pytest.fixture(scope="session")
+def replicated(
+    apiserver_cluster: Any, operator: Operator, kube: Kube
+) -> Iterator[ReplicatedOperator]:
+    operator.uninstall()
+    kube.storage.create_storage_class(
+        {"metadata": {"name": CLASS}, "provisioner": "example.invalid/never-binds"}
+    )
+    rep = ReplicatedOperator(apiserver_cluster, replicas=2)
+    try:
+        rep.install()
+        rep.start_webhook()
+        rep.start_controller()
+        yield rep
+    finally:
+        rep.uninstall()
+        with contextlib.suppress(client.ApiException):
+            kube.storage.delete_storage_class(CLASS)
+        operator.install()
+        operator.start_webhook()
+        operator.start_controller()
+
+
+@pytest.fixture
+def namespaces(kube: Kube, replicated: ReplicatedOperator) -> Iterator[NamespaceFactory]:
+    """Make namespaces (with labels); all are deleted after the test."""
+    del replicated
+    made: list[str] = []
+
+    def make(labels: dict[str, str] | None = None, *, wait_sa: bool = True) -> str:
+        name = f"f-{uuid.uuid4().hex[:8]}"
+        kube.core.create_namespace({"metadata": {"name": name, "labels": labels or {}}})
+        made.append(name)
+        if wait_sa:
+            eventually(
+                lambda: any(
+                    sa.metadata.name == "default"
+                    for sa in kube.core.list_namespaced_service_account(name).items
+                ),
+                what="default service account",
+            )
+        return name
+
+    yield make
+    for name in made:
+        with contextlib.suppress(client.ApiException):
+            kube.core.delete_namespace(name)
+
+
+@pytest.fixture
+def seed() -> int:
+    return SEED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not TALLY.cases:
+        return
+    failed = len(terminalreporter.stats.get("failed", ())) + len(
+        terminalreporter.stats.get("error", ())
+    )
+    parts = ", ".join(f"{name} {count}" for name, count in sorted(TALLY.cases.items()))
+    total = sum(TALLY.cases.values())
+    verdict = (
+        "0 duplicate slots, 0 duplicate or missing PVCs, 0 pods admitted uninjected"
+        if not failed
+        else f"{failed} failing test(s): see above"
+    )
+    terminalreporter.write_line(
+        f"operator fault summary: {total} cases ({parts}), {TALLY.pods} pods checked: {verdict}"
+        f" [seed {SEED}, {time.monotonic() - TALLY.started:.0f} s]"
+    )
+    for note in TALLY.notes:
+        terminalreporter.write_line(f"operator fault note: {note}")

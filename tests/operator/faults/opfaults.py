@@ -1,0 +1,320 @@
+"""What the operator fault scenarios share: the seed, the workloads of a burst, the API server
+restart, and the one check every scenario ends with (`verify`: 0 duplicate slots, 0 duplicate
+or missing PVCs, 0 pods admitted uninjected). See conftest.py and docs/reliability.md."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kubehelpers import Kube
+
+from podckpt.devtools.cluster import components
+from podckpt.devtools.cluster.components import Process
+
+SEED = int(os.environ.get("FAULT_SEED", "16"))
+ON = {"memverge.ai/checkpoint-mode": "true"}
+INJECTED = "podckpt.io/injected"
+CLAIM = "podckpt.io/claim"
+IDENTITY = "podckpt.io/identity"
+SLOT = "podckpt.io/slot"
+SLOT_GROUP = "podckpt.io/slot-group"
+#: A StorageClass whose claims never bind: only the claims matter here, and 200 bound volumes
+#: would cost the machine (and a node tier, when it runs, would try to mount them).
+CLASS = "podckpt-fault-suite"
+#: Pods of the suite are never scheduled (a node tier may run in the same session).
+GATE = "podckpt.io/fault-suite"
+
+
+#: `make(labels=None, *, wait_sa=True) -> namespace name` (the `namespaces` fixture).
+NamespaceFactory = Callable[..., str]
+
+
+class Tally:
+    """Cases per scenario and pods checked; a loss fails the test that found it."""
+
+    def __init__(self) -> None:
+        self.cases: collections.Counter[str] = collections.Counter()
+        self.pods = 0
+        self.notes: list[str] = []
+        self.started = time.monotonic()
+
+    def add(self, scenario: str, count: int = 1) -> None:
+        self.cases[scenario] += count
+
+
+TALLY = Tally()
+
+
+# ---- workloads ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    kind: str  # Deployment | StatefulSet | Job | IndexedJob
+    name: str
+    pods: int
+    opt_in: bool = True  # the pod label; False: the namespace's default asks for it
+
+    def manifest(self) -> dict[str, Any]:
+        labels = {"app": self.name, **(ON if self.opt_in else {})}
+        template: dict[str, Any] = {
+            "metadata": {
+                "labels": labels,
+                "annotations": {"memverge.ai/checkpoint-storage-class": CLASS},
+            },
+            "spec": {
+                "schedulingGates": [{"name": GATE}],
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": "example.invalid/app:1",
+                        "command": ["/app"],
+                        "resources": {"limits": {"memory": "128Mi"}},
+                    }
+                ],
+            },
+        }
+        meta = {"name": self.name}
+        selector = {"matchLabels": {"app": self.name}}
+        if self.kind == "Deployment":
+            spec = {"replicas": self.pods, "selector": selector, "template": template}
+            return {"metadata": meta, "spec": spec}
+        if self.kind == "StatefulSet":
+            spec = {
+                "replicas": self.pods,
+                "serviceName": self.name,
+                "podManagementPolicy": "Parallel",
+                "selector": selector,
+                "template": template,
+            }
+            return {"metadata": meta, "spec": spec}
+        template["spec"]["restartPolicy"] = "Never"
+        spec = {"parallelism": self.pods, "completions": self.pods, "template": template}
+        if self.kind == "IndexedJob":
+            spec["completionMode"] = "Indexed"
+        return {"metadata": meta, "spec": spec}
+
+    @property
+    def owner_kind(self) -> str:
+        return "Job" if self.kind == "IndexedJob" else self.kind
+
+    def create(self, kube: Kube, namespace: str) -> None:
+        body = self.manifest()
+        if self.kind == "Deployment":
+            kube.apps.create_namespaced_deployment(namespace, body)
+        elif self.kind == "StatefulSet":
+            kube.apps.create_namespaced_stateful_set(namespace, body)
+        else:
+            kube.batch.create_namespaced_job(namespace, body)
+
+
+def mix(
+    prefix: str, pods_each: int, kinds: dict[str, int], *, opt_in: bool = True
+) -> list[Workload]:
+    """`kinds[kind]` workloads of each kind, `pods_each` pods each."""
+    return [
+        Workload(kind, f"{prefix}{kind.lower()[:3]}{i}", pods_each, opt_in)
+        for kind, count in kinds.items()
+        for i in range(count)
+    ]
+
+
+def create_all(kube: Kube, placed: list[tuple[str, Workload]], parallel: int = 20) -> None:
+    """Create every (namespace, workload) at once from `parallel` threads, as many users and
+    pipelines applying manifests at the same time would."""
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        for future in [pool.submit(w.create, kube, ns) for ns, w in placed]:
+            future.result()
+
+
+# ---- the check every scenario ends with ------------------------------------------------
+
+
+def live(pod: dict[str, Any]) -> bool:
+    return not pod["metadata"].get("deletionTimestamp") and pod["status"].get("phase") not in (
+        "Failed",
+        "Succeeded",
+    )
+
+
+@dataclasses.dataclass
+class Verdict:
+    pods: int = 0
+    uninjected: list[str] = dataclasses.field(default_factory=list)
+    duplicate_slots: list[str] = dataclasses.field(default_factory=list)
+    missing_claims: list[str] = dataclasses.field(default_factory=list)
+    extra_claims: list[str] = dataclasses.field(default_factory=list)
+    bad_owners: list[str] = dataclasses.field(default_factory=list)
+    short: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.uninjected
+            or self.duplicate_slots
+            or self.missing_claims
+            or self.extra_claims
+            or self.bad_owners
+            or self.short
+        )
+
+
+def _owner_uids(kube: Kube, namespace: str) -> dict[tuple[str, str], str]:
+    uids = {}
+    for d in kube.apps.list_namespaced_deployment(namespace).items:
+        uids[("Deployment", d.metadata.name)] = d.metadata.uid
+    for s in kube.apps.list_namespaced_stateful_set(namespace).items:
+        uids[("StatefulSet", s.metadata.name)] = s.metadata.uid
+    for j in kube.batch.list_namespaced_job(namespace).items:
+        uids[("Job", j.metadata.name)] = j.metadata.uid
+    return uids
+
+
+def judge(kube: Kube, placed: list[tuple[str, Workload]]) -> Verdict:
+    """The state now: every workload at its pod count, every pod injected, no slot held by two
+    live pods, the PVCs exactly the claims of the live pods, each owned by its workload."""
+    v = Verdict()
+    for namespace in sorted({ns for ns, _ in placed}):
+        workloads = {w.name: w for ns, w in placed if ns == namespace}
+        pods = [p for p in kube.pods(namespace) if live(p)]
+        v.pods += len(pods)
+        by_app: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        slots: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+        claims: dict[str, str] = {}
+        for pod in pods:
+            meta = pod["metadata"]
+            name = f"{namespace}/{meta['name']}"
+            by_app[meta["labels"].get("app", "")].append(pod)
+            annotations = meta.get("annotations") or {}
+            if INJECTED not in annotations or CLAIM not in annotations:
+                v.uninjected.append(name)
+                continue
+            claims[annotations[CLAIM]] = meta["labels"].get("app", "")
+            if SLOT in meta["labels"]:
+                slots[(meta["labels"][SLOT_GROUP], meta["labels"][SLOT])].append(name)
+        v.duplicate_slots += [f"{g} slot {s}: {n}" for (g, s), n in slots.items() if len(n) > 1]
+        for name, w in workloads.items():
+            if len(by_app[name]) != w.pods:
+                v.short.append(f"{namespace}/{name}: {len(by_app[name])} of {w.pods} pods")
+        owners = _owner_uids(kube, namespace)
+        pvcs = {
+            c.metadata.name: c
+            for c in kube.core.list_namespaced_persistent_volume_claim(namespace).items
+        }
+        v.missing_claims += [f"{namespace}/{c}" for c in claims if c not in pvcs]
+        v.extra_claims += [f"{namespace}/{c}" for c in pvcs if c not in claims]
+        for name, pvc in pvcs.items():
+            refs = pvc.metadata.owner_references or []
+            app = claims.get(name)
+            w = workloads.get(app or "")
+            want = (w.owner_kind, w.name) if w else None
+            if (
+                w is None
+                or IDENTITY not in (pvc.metadata.annotations or {})
+                or len(refs) != 1
+                or (refs[0].kind, refs[0].name) != want
+                or refs[0].uid != owners.get((w.owner_kind, w.name))
+            ):
+                v.bad_owners.append(f"{namespace}/{name}: {[(r.kind, r.name) for r in refs]}")
+    return v
+
+
+def verify(kube: Kube, placed: list[tuple[str, Workload]], timeout: float = 90) -> Verdict:
+    """Wait (up to `timeout`) for the workloads to converge, then assert nothing was lost."""
+    deadline = time.monotonic() + timeout
+    while True:
+        verdict = judge(kube, placed)
+        if verdict.clean or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert verdict.clean, f"after {timeout:.0f} s: {verdict}"
+    TALLY.pods += verdict.pods
+    return verdict
+
+
+# ---- the API server, restarted --------------------------------------------------------
+
+
+def _save(cluster: Any) -> None:
+    save = getattr(cluster, "save", None) or cluster._save
+    save()
+
+
+def restart_apiserver(cluster: Any, *, crash: bool) -> float:
+    """Stop the kube-apiserver (SIGKILL when `crash`, else SIGTERM: a graceful shutdown, as in
+    a rolling upgrade) and start it again with the same flags on the same port. Returns the
+    seconds it was unavailable (until /readyz)."""
+    (record,) = [p for p in cluster.state.processes if p["name"] == "kube-apiserver"]
+    proc = Process(**record)
+    argv = [a.decode() for a in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    began = time.monotonic()
+    if crash:
+        os.kill(proc.pid, signal.SIGKILL)
+        for _ in range(200):
+            if not proc.alive():
+                break
+            time.sleep(0.02)
+    else:
+        proc.stop(timeout=30)
+    new = components.start("kube-apiserver", argv, cluster.logs_dir)
+    cluster.state.processes = [p for p in cluster.state.processes if p["name"] != "kube-apiserver"]
+    cluster.state.processes.append(asdict(new))
+    _save(cluster)
+    k = cluster.pki_dir
+    ctx = components.client_context(k / "ca.crt", k / "admin.crt", k / "admin.key")
+    components.wait_until(
+        "kube-apiserver /readyz",
+        lambda: components.http_ok(f"{cluster.server}/readyz", context=ctx, expect="ok"),
+        60,
+        new,
+    )
+    return time.monotonic() - began
+
+
+def count_pods(kube: Kube, namespaces: list[str]) -> int:
+    total = 0
+    for ns in namespaces:
+        try:
+            total += len(kube.core.list_namespaced_pod(ns, _request_timeout=5).items)
+        except Exception:  # down: the caller counts again later
+            return -1
+    return total
+
+
+# ---- admissions in flight, from the webhooks' own log lines ----------------------------
+
+_INJECTING = re.compile(r"^(\S+ \S+) INFO \S+ injecting pod .* in ([\d.]+) ms$")
+
+
+def peak_in_flight(logs: list[Path], since: dt.datetime) -> int:
+    """The most admissions any webhook replica had in progress at one moment (each line gives
+    the moment an admission ended and how long it took)."""
+    spans = []
+    for path in logs:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            m = _INJECTING.match(line)
+            if not m:
+                continue
+            end = dt.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f")
+            if end < since:
+                continue
+            spans.append((end - dt.timedelta(milliseconds=float(m[2])), end))
+    points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    peak = current = 0
+    for _, step in points:
+        current += step
+        peak = max(peak, current)
+    return peak
