@@ -35,8 +35,13 @@ def replicated(
     apiserver_cluster: Any, operator: Operator, kube: Kube
 ) -> Iterator[ReplicatedOperator]:
     operator.uninstall()
+    # Late binding: the controller lets a pod through as soon as its PVC exists
     kube.storage.create_storage_class(
-        {"metadata": {"name": CLASS}, "provisioner": "example.invalid/never-binds"}
+        {
+            "metadata": {"name": CLASS},
+            "provisioner": "example.invalid/never-binds",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }
     )
     rep = ReplicatedOperator(apiserver_cluster, replicas=2)
     try:

@@ -34,6 +34,8 @@ SLOT_GROUP = "podckpt.io/slot-group"
 CLASS = "podckpt-fault-suite"
 #: Pods of the suite are never scheduled (a node tier may run in the same session).
 GATE = "podckpt.io/fault-suite"
+#: The controller's gate: a pod waits behind it until its checkpoint volume is usable.
+VOLUME_GATE = "podckpt.io/checkpoint-volume"
 
 
 #: `make(labels=None, *, wait_sa=True) -> namespace name` (the `namespaces` fixture).
@@ -157,6 +159,8 @@ class Verdict:
     extra_claims: list[str] = dataclasses.field(default_factory=list)
     bad_owners: list[str] = dataclasses.field(default_factory=list)
     short: list[str] = dataclasses.field(default_factory=list)
+    #: Pods still behind the controller's volume gate: the controller lost track of them.
+    gated: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -167,6 +171,7 @@ class Verdict:
             or self.extra_claims
             or self.bad_owners
             or self.short
+            or self.gated
         )
 
 
@@ -200,6 +205,9 @@ def judge(kube: Kube, placed: list[tuple[str, Workload]]) -> Verdict:
             if INJECTED not in annotations or CLAIM not in annotations:
                 v.uninjected.append(name)
                 continue
+            gates = {g["name"] for g in pod["spec"].get("schedulingGates") or ()}
+            if VOLUME_GATE in gates:
+                v.gated.append(name)
             claims[annotations[CLAIM]] = meta["labels"].get("app", "")
             if SLOT in meta["labels"]:
                 slots[(meta["labels"][SLOT_GROUP], meta["labels"][SLOT])].append(name)

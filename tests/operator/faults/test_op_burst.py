@@ -37,4 +37,6 @@ def test_burst_of_200_pods(
         [replicated.logs / f"webhook-{i}.log" for i in range(len(replicated.replicas))], since
     )
     TALLY.add("burst-pods", verdict.pods)
-    TALLY.notes.append(f"burst: 200 pods from {len(placed)} workloads, peak {peak} admissions in flight")
+    TALLY.notes.append(
+        f"burst: 200 pods from {len(placed)} workloads, peak {peak} admissions in flight"
+    )

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 import jsonpatch
 
+from podckpt.operator.kube.api import ApiError
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.handlers import WebhookState, admit
 from podckpt.operator.webhook.imageconfig import ImageConfigResolver
@@ -44,6 +45,8 @@ class FakeAPI:
                 if not name or n == name
             ]
             return {"items": found}
+        if "/persistentvolumeclaims/" in path:  # no checkpoint volume yet: the pod is gated
+            raise ApiError(404, "NotFound", path)
         assert path.endswith("/pods"), path
         if "fieldSelector" in params:
             self.before_name()

@@ -113,12 +113,13 @@ def _namespace_selected(pod: Mapping[str, Any], plan: mutate.Plan | mutate.Skip)
     """Whether the pod reached us only because of its namespace's labels while our view of the
     namespace says it asks for nothing: the view is behind (a namespace created or labelled
     a moment ago, not yet delivered by the watch). The webhooks' selectors send a pod without
-    its own `checkpoint-mode` label only when its namespace asks for checkpointing or
-    injection."""
+    its own `checkpoint-mode` (label or annotation) only when its namespace asks for
+    checkpointing or injection."""
     if not isinstance(plan, mutate.Skip) or plan.reason != mutate.NOT_ENABLED:
         return False
-    labels = pod.get("metadata", {}).get("labels") or {}
-    return qualified(Key.CHECKPOINT_MODE) not in labels
+    meta = pod.get("metadata", {})
+    key = qualified(Key.CHECKPOINT_MODE)
+    return key not in (meta.get("labels") or {}) and key not in (meta.get("annotations") or {})
 
 
 async def slot_holders(state: WebhookState, namespace: str, group: str) -> list[Holder]:
