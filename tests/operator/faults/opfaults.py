@@ -34,6 +34,8 @@ SLOT_GROUP = "podckpt.io/slot-group"
 CLASS = "podckpt-fault-suite"
 #: Pods of the suite are never scheduled (a node tier may run in the same session).
 GATE = "podckpt.io/fault-suite"
+#: The namespace's store key, created by the controller with the namespace's first pod.
+STORE_KEY = "podckpt-store-key"
 #: The controller's gate: a pod waits behind it until its checkpoint volume is usable.
 VOLUME_GATE = "podckpt.io/checkpoint-volume"
 
@@ -161,6 +163,8 @@ class Verdict:
     short: list[str] = dataclasses.field(default_factory=list)
     #: Pods still behind the controller's volume gate: the controller lost track of them.
     gated: list[str] = dataclasses.field(default_factory=list)
+    #: Namespaces without their store key Secret (their pods could not start).
+    keyless: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -172,6 +176,7 @@ class Verdict:
             or self.bad_owners
             or self.short
             or self.gated
+            or self.keyless
         )
 
 
@@ -215,6 +220,9 @@ def judge(kube: Kube, placed: list[tuple[str, Workload]]) -> Verdict:
         for name, w in workloads.items():
             if len(by_app[name]) != w.pods:
                 v.short.append(f"{namespace}/{name}: {len(by_app[name])} of {w.pods} pods")
+        secrets = {s.metadata.name for s in kube.core.list_namespaced_secret(namespace).items}
+        if STORE_KEY not in secrets:
+            v.keyless.append(namespace)
         owners = _owner_uids(kube, namespace)
         pvcs = {
             c.metadata.name: c
@@ -267,14 +275,23 @@ def restart_apiserver(cluster: Any, *, crash: bool) -> float:
     proc = Process(**record)
     argv = [a.decode() for a in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1]]
     began = time.monotonic()
-    if crash:
+    port = int(cluster.server.rsplit(":", 1)[1])
+    if not crash:
+        # A graceful shutdown: no new requests, in-flight ones drained. Then the process
+        # lingers (30 s here, stopping informers); the shutdown that matters is over.
+        os.kill(proc.pid, signal.SIGTERM)
+        components.wait_until(
+            "kube-apiserver stops listening",
+            lambda: not proc.alive() or not components.tcp_open("127.0.0.1", port),
+            60,
+        )
+        time.sleep(1)
+    if proc.alive():
         os.kill(proc.pid, signal.SIGKILL)
-        for _ in range(200):
-            if not proc.alive():
-                break
-            time.sleep(0.02)
-    else:
-        proc.stop(timeout=30)
+    for _ in range(500):
+        if not proc.alive():
+            break
+        time.sleep(0.02)
     new = components.start("kube-apiserver", argv, cluster.logs_dir)
     cluster.state.processes = [p for p in cluster.state.processes if p["name"] != "kube-apiserver"]
     cluster.state.processes.append(asdict(new))

@@ -27,7 +27,7 @@ from podckpt.operator.settings import OperatorSettings
 
 from . import claims, handlers, orphans
 from .common import ControllerState
-from .handlers import register
+from .handlers import register, retry_pending
 
 logger = logging.getLogger("podckpt.operator.controller")
 
@@ -154,6 +154,7 @@ def build(
             state.election = asyncio.create_task(elect(state, stop_flag))
         state.sweeper = asyncio.create_task(sweep_orphans(state))
         state.rechecker = asyncio.create_task(claims.recheck_waiting(state))
+        state.retrier = asyncio.create_task(retry_pending(state))
         logger.info("controller started")
 
     async def probe(**_: Any) -> dict[str, Any]:
@@ -174,7 +175,7 @@ def build(
             with contextlib.suppress(asyncio.CancelledError):
                 await state.election
             await state.elector.release()
-        for task in (state.sweeper, state.rechecker, state.election, state.resyncer):
+        for task in (state.sweeper, state.rechecker, state.election, state.resyncer, state.retrier):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -20,7 +20,8 @@ from . import events, storekey
 
 logger = logging.getLogger(__name__)
 
-_RETRIES = (1.0, 2.0, 4.0)
+#: Seconds between the attempts of `with_retries`.
+RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0)
 
 
 class _Seen:
@@ -58,6 +59,18 @@ class Waiting:
 
 
 @dataclasses.dataclass
+class Pending:
+    """A pod whose handling failed on a transient API error: handled again until it succeeds
+    (kopf delivers each watch event once; a pod's next event may never come)."""
+
+    namespace: str
+    pod: str
+    namespace_labels: Mapping[str, str]
+    namespace_annotations: Mapping[str, str]
+    error: str
+
+
+@dataclasses.dataclass
 class ControllerState:
     op: OperatorSettings
     api: KubeAPI | None = None
@@ -69,6 +82,8 @@ class ControllerState:
     waiting: dict[ClaimKey, dict[str, Waiting]] = dataclasses.field(default_factory=dict)
     #: StorageClass name -> volumeBindingMode (immutable, so cached for good).
     binding_modes: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Pod uid -> a pod to handle again (see `Pending`).
+    pending: dict[str, Pending] = dataclasses.field(default_factory=dict)
     keys: storekey.KeyTracker = dataclasses.field(default_factory=storekey.KeyTracker)
     seen: _Seen = dataclasses.field(default_factory=_Seen)
     sweeper: asyncio.Task[None] | None = None
@@ -78,6 +93,7 @@ class ControllerState:
     elector: LeaderElector | None = None
     #: False on a standby replica (leader election): its handlers do nothing.
     leading: bool = True
+    retrier: asyncio.Task[None] | None = None
 
 
 def api_of(state: ControllerState) -> KubeAPI:
@@ -87,8 +103,9 @@ def api_of(state: ControllerState) -> KubeAPI:
 
 
 async def with_retries(what: str, fn: Any) -> Any:
-    """Event handlers are not retried by kopf: retry transient API errors here."""
-    for delay in (*_RETRIES, None):
+    """Event handlers are not retried by kopf: retry transient API errors here (a few
+    seconds; a longer outage is left to `handlers.retry_pending`)."""
+    for delay in (*RETRY_DELAYS, None):
         try:
             return await fn()
         except ApiError as exc:

@@ -18,7 +18,7 @@ from podckpt.operator.kube.api import ApiError, namespaced
 from podckpt.operator.settings import OperatorSettings
 
 from . import claims, events, journal, storekey
-from .common import ControllerState, announce, api_of, with_retries
+from .common import ControllerState, Pending, announce, api_of, with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,11 @@ async def namespace_entry(
     return {body.metadata.name: (dict(body.metadata.labels), dict(body.metadata.annotations))}
 
 
-async def ensure_store_key(state: ControllerState, body: kopf.Body) -> None:
+async def ensure_store_key(state: ControllerState, body: Mapping[str, Any]) -> None:
     """Create the namespace's store key Secret unless it exists (storekey.py). The pod's
     kubelet retries mounting it until then, as it does for any Secret."""
     op = state.op
-    namespace = body.metadata.namespace or ""
+    namespace = (body.get("metadata") or {}).get("namespace") or ""
     if not op.store_key_secret or not state.keys.due(namespace):
         return
     api = api_of(state)
@@ -56,6 +56,71 @@ async def ensure_store_key(state: ControllerState, body: kopf.Body) -> None:
         await announce(state, body, created, f"{namespace}/store-key")
         logger.info("created the store key Secret of namespace %s", namespace)
     state.keys.done(namespace)
+
+
+async def handle_pod(
+    state: ControllerState,
+    pod: Mapping[str, Any],
+    namespace_labels: Mapping[str, str],
+    namespace_annotations: Mapping[str, str],
+) -> None:
+    """What an injected pod needs from the controller: its namespace's store key and its
+    checkpoint volume (then its scheduling gate removed). A transient API error (the API
+    server restarting, overloaded, unreachable) does not lose the pod: it is remembered and
+    handled again by `retry_pending` until it succeeds."""
+    meta = pod.get("metadata") or {}
+    uid = meta.get("uid") or ""
+    try:
+        await ensure_store_key(state, pod)
+        await claims.settle(state, pod, namespace_labels, namespace_annotations)
+    except ApiError as exc:
+        if not exc.transient:
+            raise
+        if uid not in state.pending:
+            logger.warning(
+                "pod %s/%s: %s; handled again every %.0f s until it succeeds",
+                meta.get("namespace"),
+                meta.get("name"),
+                exc,
+                state.op.gate_recheck_seconds,
+            )
+        state.pending[uid] = Pending(
+            meta.get("namespace") or "",
+            meta.get("name") or "",
+            namespace_labels,
+            namespace_annotations,
+            str(exc),
+        )
+        return
+    state.pending.pop(uid, None)
+
+
+async def retry_pending_once(state: ControllerState) -> None:
+    """Handle again every pending pod that still exists (read afresh: it may have changed)."""
+    api = api_of(state)
+    for uid, pending in list(state.pending.items()):
+        try:
+            pod = await api.get(namespaced("pods", pending.namespace, pending.pod))
+        except ApiError as exc:
+            if exc.not_found:
+                state.pending.pop(uid, None)
+            continue
+        if (pod.get("metadata") or {}).get("uid") != uid:
+            state.pending.pop(uid, None)
+            continue
+        try:
+            await handle_pod(state, pod, pending.namespace_labels, pending.namespace_annotations)
+        except ApiError:  # not transient: the handler's own error, logged once
+            state.pending.pop(uid, None)
+            logger.exception("pod %s/%s", pending.namespace, pending.pod)
+
+
+async def retry_pending(state: ControllerState) -> None:
+    """The controller's safety net for API outages: pending pods every few seconds."""
+    while True:
+        await asyncio.sleep(state.op.gate_recheck_seconds)
+        if state.api is not None and state.pending and state.leading:
+            await retry_pending_once(state)
 
 
 #: Seconds between reads of a started container's log head (~30 s in all).
@@ -230,8 +295,9 @@ async def process_pod(
     uid = body.metadata.uid or ""
     namespace_meta = namespace_meta or ({}, {})
     if kind != "DELETED":
-        await ensure_store_key(state, body)
-        await claims.settle(state, body, namespace_meta[0], namespace_meta[1])
+        await handle_pod(state, body, namespace_meta[0], namespace_meta[1])
+    else:
+        state.pending.pop(uid, None)
     if kind == "ADDED" and state.seen.add((uid, "injected")):
         op = state.op
         annotations = body.metadata.annotations

@@ -17,9 +17,13 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import kopf
 
+#: `ApiError.reason` when the API server did not answer (connection refused, reset, timeout).
+UNREACHABLE = "Unreachable"
+
 
 class ApiError(Exception):
-    """The API server answered with an error status."""
+    """The API server answered with an error status, or (status 503, reason `UNREACHABLE`)
+    did not answer."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         self.status = status
@@ -72,6 +76,23 @@ class KubeAPI:
             url += "?" + urlencode(params)
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else None
+        # A GET is sent again once when the connection breaks: a pooled keep-alive connection
+        # that the API server closed (it restarted) fails only the request that reuses it.
+        attempts = 2 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                return await self._send(method, url, data, headers, text=text)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                if attempt + 1 < attempts:
+                    continue
+                # No answer at all: as transient as a 503 (the API server restarts, or a
+                # load balancer in front of it switches), so callers retry it alike.
+                raise ApiError(503, UNREACHABLE, f"{method} {path}: {exc!r}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(
+        self, method: str, url: str, data: str | None, headers: dict[str, str] | None, *, text: bool
+    ) -> Any:
         async with self._session.request(method, url, data=data, headers=headers) as response:
             payload = await response.text()
             if response.status >= 400:
