@@ -147,17 +147,28 @@ def carried_on(cluster: Cluster, namespace: str, pod: dict[str, Any], old: Befor
     return seen[0]
 
 
-def reasons(cluster: Cluster, namespace: str, uid: str) -> list[str]:
-    """Reasons of the Events about the pod with this uid, oldest first."""
+def pod_events(cluster: Cluster, namespace: str, uid: str) -> list[dict[str, Any]]:
+    """The Events about the pod with this uid (a StatefulSet's replacement has its
+    predecessor's name), oldest first."""
     found = get(cluster, namespace, "events") or {"items": []}
     mine = [e for e in found["items"] if e["involvedObject"].get("uid") == uid]
     mine.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-    return [e["reason"] for e in mine]
+    return mine
+
+
+def reasons(cluster: Cluster, namespace: str, uid: str) -> list[str]:
+    return [e["reason"] for e in pod_events(cluster, namespace, uid)]
 
 
 def wait_reason(
-    cluster: Cluster, namespace: str, uid: str, reason: str, timeout: float = 90
-) -> None:
-    wait_for(
-        f"a {reason} event on {uid}", lambda: reason in reasons(cluster, namespace, uid), timeout
-    )
+    cluster: Cluster, namespace: str, uid: str, reason: str, *, says: str = "", timeout: float = 90
+) -> dict[str, Any]:
+    """The first Event of `reason` about the pod (whose message contains `says`)."""
+
+    def check() -> dict[str, Any] | None:
+        for event in pod_events(cluster, namespace, uid):
+            if event["reason"] == reason and says in event.get("message", ""):
+                return event
+        return None
+
+    return wait_for(f"a {reason} event ({says}) on pod {uid}", check, timeout)

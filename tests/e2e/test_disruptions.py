@@ -196,7 +196,7 @@ def test_scaled_to_zero_and_updated_nothing_restores_into_the_new_template(
         seen = wait_for(f"{name} counting", lambda n=name: _counts(nodes, namespace, n), 120)
         assert seen[0] == 1, f"{name} started at {seen[0]}: an old checkpoint was restored"
         assert not (_tags(nodes, namespace, name) & old_tags)
-        wait_reason(nodes, namespace, pod["metadata"]["uid"], "StartedFresh")
+        wait_reason(nodes, namespace, pod["metadata"]["uid"], "StartedFresh", says="NewRevision")
         assert "Restored" not in reasons(nodes, namespace, pod["metadata"]["uid"])
 
 

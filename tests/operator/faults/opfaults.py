@@ -317,6 +317,16 @@ def count_pods(kube: Kube, namespaces: list[str]) -> int:
     return total
 
 
+def refused_creations(kube: Kube, namespace: str) -> int:
+    """Pod creations the workload controllers reported failed (their `FailedCreate` Events,
+    counted): what a fault cost before the controllers' retries made up for it."""
+    return sum(
+        e.count or 1
+        for e in kube.core.list_namespaced_event(namespace).items
+        if e.reason == "FailedCreate"
+    )
+
+
 # ---- admissions in flight, from the webhooks' own log lines ----------------------------
 
 _INJECTING = re.compile(r"^(\S+ \S+) INFO \S+ injecting pod .* in ([\d.]+) ms$")

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 from kubehelpers import Kube, eventually
-from opfaults import TALLY, NamespaceFactory, create_all, mix, restart_apiserver, verify
+from opfaults import (
+    TALLY,
+    NamespaceFactory,
+    create_all,
+    mix,
+    refused_creations,
+    restart_apiserver,
+    verify,
+)
 
 from podckpt.devtools.operator_replicas import ReplicatedOperator
 
@@ -86,5 +94,6 @@ def test_apiserver_restarted_while_the_webhook_admits(
     TALLY.add("apiserver-restart-admission")
     TALLY.notes.append(
         f"API server {'killed' if crash else 'shut down'} while admitting: restart after"
-        f" {before} of 50 pods, down {down:.1f} s"
+        f" {before} of 50 pods, down {down:.1f} s, {refused_creations(kube, namespace)}"
+        " creations refused and retried"
     )

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from kubehelpers import Kube
-from opfaults import TALLY, NamespaceFactory, create_all, mix, verify
+from opfaults import TALLY, NamespaceFactory, create_all, mix, refused_creations, verify
 
 from podckpt.devtools.operator_replicas import ReplicatedOperator
 
@@ -45,5 +45,6 @@ def test_webhook_replica_killed_during_a_burst(
         TALLY.add("webhook-replica-sigkill")
         TALLY.notes.append(
             f"webhook replica {victim} killed after {at} of 100 pods, endpoint removed"
-            f" {lag:.1f} s later"
+            f" {lag:.1f} s later: {refused_creations(kube, namespace)} creations refused"
+            " and retried"
         )
