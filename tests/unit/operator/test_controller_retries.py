@@ -96,6 +96,8 @@ def _pod(make_pod: Any) -> dict[str, Any]:
     [
         ApiError(503, "ServiceUnavailable", "apiserver is shutting down"),
         ApiError(503, "Unreachable", "Server disconnected"),
+        # an API server that just restarted denies until its authorizer has synced RBAC
+        ApiError(403, "Forbidden", 'persistentvolumeclaims "x" is forbidden: User ...'),
     ],
 )
 def test_a_pod_whose_handling_failed_transiently_is_handled_again(

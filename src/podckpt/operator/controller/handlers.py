@@ -58,6 +58,15 @@ async def ensure_store_key(state: ControllerState, body: Mapping[str, Any]) -> N
     state.keys.done(namespace)
 
 
+def _retryable(exc: ApiError) -> bool:
+    """Transient errors, and 401/403: an API server that has just restarted answers those for
+    a moment, until its authenticator and authorizer have synced their caches (measured by
+    the fault suite: up to ~1 s of 403s after /readyz). A real RBAC mistake retried every few
+    seconds costs a log line each time and heals when the RBAC is fixed; giving up would
+    leave the pod without its volume for good."""
+    return exc.transient or exc.status in (401, 403)
+
+
 async def handle_pod(
     state: ControllerState,
     pod: Mapping[str, Any],
@@ -65,16 +74,16 @@ async def handle_pod(
     namespace_annotations: Mapping[str, str],
 ) -> None:
     """What an injected pod needs from the controller: its namespace's store key and its
-    checkpoint volume (then its scheduling gate removed). A transient API error (the API
-    server restarting, overloaded, unreachable) does not lose the pod: it is remembered and
-    handled again by `retry_pending` until it succeeds."""
+    checkpoint volume (then its scheduling gate removed). An API error that may pass (the API
+    server restarting, overloaded, unreachable, not yet authorizing: `_retryable`) does not
+    lose the pod: it is remembered and handled again by `retry_pending` until it succeeds."""
     meta = pod.get("metadata") or {}
     uid = meta.get("uid") or ""
     try:
         await ensure_store_key(state, pod)
         await claims.settle(state, pod, namespace_labels, namespace_annotations)
     except ApiError as exc:
-        if not exc.transient:
+        if not _retryable(exc):
             raise
         if uid not in state.pending:
             logger.warning(
@@ -110,7 +119,7 @@ async def retry_pending_once(state: ControllerState) -> None:
             continue
         try:
             await handle_pod(state, pod, pending.namespace_labels, pending.namespace_annotations)
-        except ApiError:  # not transient: the handler's own error, logged once
+        except ApiError:  # not retryable: a mistake of ours, logged once
             state.pending.pop(uid, None)
             logger.exception("pod %s/%s", pending.namespace, pending.pod)
 
