@@ -75,6 +75,10 @@ def _write(dest: Path, cluster: Cluster, namespace: str | None) -> None:
     (dest / "events.txt").write_text(k("get", "events", "-n", namespace, "-o", "wide"))
     (dest / "pods.txt").write_text(k("describe", "pods", "-n", namespace))
     (dest / "pvc.txt").write_text(k("get", "pvc,pv", "-n", namespace, "-o", "wide"))
+    # which node each pod was on, and what became of the nodes (the disruption tests)
+    (dest / "nodes.txt").write_text(
+        k("get", "pods", "-n", namespace, "-o", "wide") + k("describe", "nodes")
+    )
     names = k("get", "pods", "-n", namespace, "-o", "name").split()
     agent = []
     for name in names:
