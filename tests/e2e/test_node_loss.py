@@ -78,9 +78,10 @@ def test_killed_node_pods_restore_their_last_periodic_checkpoint_elsewhere(
         )
     olds = {b.app: b for b in (before(nodes, namespace, p) for p in placed)}
 
+    # what each had counted when the node died (its kubelet serves no log afterwards)
+    at_kill = {b.app: counts(logs(nodes, namespace, b.name))[-1] for b in olds.values()}
     killed = time.monotonic()
     nodes.kill_node(SECOND)
-    at_kill = {b.app: counts(logs(nodes, namespace, b.name))[-1] for b in olds.values()}
 
     # the StatefulSet pod: evicted (Terminating forever, nobody confirms it), then force-deleted
     db_old = olds["lostdb"]
@@ -96,23 +97,22 @@ def test_killed_node_pods_restore_their_last_periodic_checkpoint_elsewhere(
     evicted = time.monotonic() - killed
     nodes.kubectl("delete", "pod", db_old.name, "-n", namespace, "--force", "--grace-period=0")
 
-    lost = {}
+    lost, back = {}, {}
     for app in ("lostdb", "lost"):
         old = olds[app]
         (new,) = running(nodes, namespace, app, 1, {old.uid})
+        back[app] = round(time.monotonic() - killed)
         assert new["spec"]["nodeName"] == FIRST
+        if app == "lost":  # the lost pod keeps its name: the slot's next one
+            assert new["metadata"]["name"] == "lost-slot-0-1"
         first = carried_on(nodes, namespace, new, old)
-        # restored from a periodic checkpoint: from before the kill, at most one interval (and
-        # one dump) earlier
-        assert first <= at_kill[app] + 1, f"{app}: {first} is past the count at the kill"
+        # restored from a periodic checkpoint: from before the kill (a second of margin for
+        # the counts between the log read and the kill), at most one interval earlier
         lost[app] = at_kill[app] - first
+        assert lost[app] >= -COUNTS_PER_S, f"{app} restored {first}, after the kill ({at_kill})"
         assert lost[app] <= (INTERVAL_S + 5) * COUNTS_PER_S, f"{app} lost {lost[app]} counts"
         wait_reason(nodes, namespace, new["metadata"]["uid"], "Restored")
-    assert (
-        olds["lost"].name
-        != running(nodes, namespace, "lost", 1, {olds["lost"].uid})[0]["metadata"]["name"]
-    )
     print(
-        f"node kill: evicted after {evicted:.0f} s; counts lost: {lost};"
-        f" replacements running {time.monotonic() - killed:.0f} s after the kill"
+        f"node kill: evicted {evicted:.0f} s after the kill; back (running, restoring) after"
+        f" {back} s; counts lost {lost} (one count per 0.2 s)"
     )

@@ -6,7 +6,8 @@ one summary line (docs/reliability.md).
 
 The operator runs as a cluster runs it: two webhook replicas behind a Service stand-in
 (`podckpt.devtools.operator_replicas`), one controller. It takes over from the session's
-one-replica operator (tests/operator/conftest.py) and hands it back afterwards.
+one-replica operator (tests/operator/conftest.py) for the module's tests and hands it back
+afterwards (the other operator tests stop that one's webhook to test the failure policy).
 
 Seeded: FAULT_SEED (default 16) chooses every kill point and restart moment.
 """
@@ -27,10 +28,8 @@ from opfaults import CLASS, SEED, TALLY, NamespaceFactory
 from podckpt.devtools.operator_harness import Operator
 from podckpt.devtools.operator_replicas import ReplicatedOperator
 
-pytestmark = pytest.mark.apiserver
 
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def replicated(
     apiserver_cluster: Any, operator: Operator, kube: Kube
 ) -> Iterator[ReplicatedOperator]:
