@@ -44,15 +44,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator(node_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The node cluster with podckpt installed in it (webhook and controller Deployments)."""
-    try:
-        operator_install.install(node_cluster, work=tmp_path_factory.mktemp("operator-images"))
-    except BaseException:
-        _write(node_cluster.logs_dir / "e2e" / "install", node_cluster, None)
-        raise
-    yield node_cluster
+def _operator_work(
+    node_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """Where the operator's images are built; the in-cluster operator is removed at the end."""
+    yield tmp_path_factory.mktemp("operator-images")
     operator_install.uninstall(node_cluster)
+
+
+@pytest.fixture
+def operator(node_cluster: Cluster, _operator_work: Path) -> Cluster:
+    """The node cluster with podckpt installed in it (webhook and controller Deployments),
+    from the chart. Installed again when a test before this one removed it (the lifecycle
+    tests uninstall it; the apiserver tier's tests replace it with their harness), so that the
+    multinode tests, which run last, find it. Its pods stay on the first node: the node-loss
+    tests kill the second one."""
+    if not operator_install.helm_installed(node_cluster):
+        first = {"nodeSelector": {"kubernetes.io/hostname": node_cluster.node_names[0]}}
+        try:
+            operator_install.install(
+                node_cluster, work=_operator_work, webhook=first, controller=first
+            )
+        except BaseException:
+            _write(node_cluster.logs_dir / "e2e" / "install", node_cluster, None)
+            raise
+    return node_cluster
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,17 +25,41 @@ def kube(apiserver_cluster: Any) -> Iterator[Kube]:
         yield Kube(api)
 
 
+_HARNESS = pytest.StashKey[Operator]()
+
+
 @pytest.fixture(scope="session")
-def operator(apiserver_cluster: Any) -> Iterator[Operator]:
+def operator(apiserver_cluster: Any, request: pytest.FixtureRequest) -> Iterator[Operator]:
+    """The operator as local processes, for this folder's tests; stopped after its last one
+    (`pytest_runtest_teardown`): tests of other folders that run later on the session's
+    control plane (the multinode end-to-end tests run last) must find the in-cluster
+    operator, not this one's webhook configuration and controller."""
     # The end-to-end tests share this session's control plane and leave the operator
-    # installed in-cluster until the session ends: two controllers would double every Event.
+    # installed in-cluster: two controllers would double every Event.
     operator_install.uninstall(apiserver_cluster, wait=True)
     op = Operator(apiserver_cluster)
+    request.config.stash[_HARNESS] = op
     op.install()
     op.start_webhook()
     op.start_controller()
     yield op
-    op.uninstall()
+    _stop(request.config)
+
+
+def _stop(config: pytest.Config) -> None:
+    op = config.stash.get(_HARNESS, None)
+    if op is not None:
+        del config.stash[_HARNESS]
+        op.uninstall()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After this folder's last test (the next one is elsewhere, or none), stop the harness.
+    `trylast`: after pytest's own teardown, so module fixtures that use it are gone first."""
+    here = Path(__file__).parent
+    if nextitem is None or here not in nextitem.path.parents:
+        _stop(item.config)
 
 
 @pytest.fixture
