@@ -1,7 +1,7 @@
 """The agent against raw CRIU, side by side; writes the "Agent" section of docs/benchmarks.md.
 
     /work/coord/heavy .venv/bin/python bench/agent_checkpoint.py [--runs 3] [--sizes 256,1024]
-        [--lazy-mib 2048] [--no-write]
+        [--lazy-mib 256,1024,2048] [--no-write]
 
 Everything runs in the CRIU sandbox (CRIU 4.2.1 from the CRIU root filesystem, privileged CRIU
 mode) with the agent from `src/` as PID 1, precompiled and with what it takes from its bundle
@@ -18,7 +18,7 @@ size and run:
   agent's own options (CRIU's wall time; the tree runs when CRIU exits), then the agent on a
   copy of the same generation, from its exec (`stamp`) to its `restore ok` line (the tree
   continued, after verification, files, PID floor);
-- lazy (one size, `--lazy-mib`): the agent with `restore-mode: lazy`: exec to the restored
+- lazy (`--lazy-mib` sizes): the agent with `restore-mode: lazy`: exec to the restored
   application's first output line, and exec to the agent's `lazy-pages ok` line (the last page
   in), beside the agent's full restore of the same generation.
 """
@@ -340,15 +340,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="256,1024", help="MiB touched by the application")
-    parser.add_argument("--lazy-mib", type=int, default=2048, help="0: no lazy measurement")
+    parser.add_argument(
+        "--lazy-mib", default="256,1024,2048", help="sizes of the lazy runs; 0: none"
+    )
     parser.add_argument("--store-fs", choices=("loop", "root"), default="loop")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rootfs = criu_rootfs()
     load_before = os.getloadavg()
     rows: list[tuple[int, list[dict[str, float]]]] = []
-    lazy_runs: list[dict[str, float]] = []
-    biggest = max([int(s) for s in args.sizes.split(",")] + [args.lazy_mib])
+    lazy_sizes = [int(x) for x in args.lazy_mib.split(",") if int(x)]
+    lazy_rows: list[tuple[int, list[dict[str, float]]]] = []
+    biggest = max([int(s) for s in args.sizes.split(",")] + lazy_sizes)
     with store_filesystem(args.store_fs, 4 + 5 * biggest // 1024) as base:
         bench = Bench(rootfs, base)
         for mib in (int(s) for s in args.sizes.split(",")):
@@ -360,15 +363,16 @@ def main() -> None:
                 print(mib, json.dumps(result), flush=True)
                 runs.append(result)
             rows.append((mib, runs))
-        if args.lazy_mib:
+        for lazy_mib in lazy_sizes:
+            lazy_runs: list[dict[str, float]] = []
             for _ in range(args.runs):
-                _, pristine = bench.checkpoint(args.lazy_mib)
+                _, pristine = bench.checkpoint(lazy_mib)
                 bench.raw_restore(pristine, cold=False)  # page cache warm for both
-                full = bench.agent_restore(pristine, args.lazy_mib, cold=False)
+                full = bench.agent_restore(pristine, lazy_mib, cold=False)
                 raw = bench.raw_restore(pristine, cold=False)
                 lazy = bench.agent_restore(
                     pristine,
-                    args.lazy_mib,
+                    lazy_mib,
                     cold=False,
                     annotations={"memverge.ai/restore-mode": "lazy"},
                 )
@@ -382,8 +386,9 @@ def main() -> None:
                     "lazy_all_s": lazy["start_to_all_pages_s"],
                 }
                 run["all_vs_full"] = run["lazy_all_s"] / run["full_s"]
-                print("lazy", json.dumps(run), flush=True)
+                print("lazy", lazy_mib, json.dumps(run), flush=True)
                 lazy_runs.append(run)
+            lazy_rows.append((lazy_mib, lazy_runs))
     load_after = os.getloadavg()
     command = (
         f"/work/coord/heavy .venv/bin/python bench/agent_checkpoint.py --runs {args.runs}"
@@ -464,23 +469,27 @@ def main() -> None:
                 f" | {fmt(col2(f'agent_restore_{label}_s'))}"
                 f" | {fmt(col2(f'agent_criu_{label}_s'))} | {ratio(col2(f'ratio_{label}'))} |"
             )
-    if lazy_runs:
+    if lazy_rows:
         out += [
             "",
-            f"**Lazy restore** of {args.lazy_mib} MiB, page cache warm, `restore-mode: lazy`,"
-            " beside the agent's full restore of the same generation. Targets: application"
-            " answering ≤ 200 ms after the agent starts; all pages in ≤ 1.2x the full restore.",
+            "**Lazy restore**, page cache warm, `restore-mode: lazy`, beside the agent's full"
+            " restore of the same generation. Targets (2 GiB): application answering ≤ 200 ms"
+            " after the agent starts; all pages in ≤ 1.2x the full restore.",
             "",
-            "| raw `criu restore` | agent full: start → running | lazy: start → running |"
-            " lazy: start → first output | lazy: start → last page in | last page / full |",
-            "|---|---|---|---|---|---|",
-            f"| {fmt([r['raw_s'] for r in lazy_runs])}"
-            f" | {fmt([r['full_s'] for r in lazy_runs])}"
-            f" | {fmt([r['lazy_running_s'] for r in lazy_runs])}"
-            f" | {fmt([r['lazy_tick_s'] for r in lazy_runs])}"
-            f" | {fmt([r['lazy_all_s'] for r in lazy_runs])}"
-            f" | {ratio([r['all_vs_full'] for r in lazy_runs])} |",
+            "| touched memory | raw `criu restore` | agent full: start → running |"
+            " lazy: start → running | lazy: start → first output | lazy: start → last page in"
+            " | last page / full |",
+            "|---|---|---|---|---|---|---|",
         ]
+        for lazy_mib, runs in lazy_rows:
+            out.append(
+                f"| {lazy_mib} MiB | {fmt([r['raw_s'] for r in runs])}"
+                f" | {fmt([r['full_s'] for r in runs])}"
+                f" | {fmt([r['lazy_running_s'] for r in runs])}"
+                f" | {fmt([r['lazy_tick_s'] for r in runs])}"
+                f" | {fmt([r['lazy_all_s'] for r in runs])}"
+                f" | {ratio([r['all_vs_full'] for r in runs])} |"
+            )
     text = "\n".join(out)
     print(text)
     if not args.no_write:
