@@ -115,20 +115,24 @@ def _task_events(events: list[tuple[float, str]]) -> list[tuple[float, str, str]
     """(time, topic, container id) of task starts and exits, in containerd's own time."""
     out = []
     for _, line in events:
-        parts = line.split(" ", 6)
-        if len(parts) < 7 or parts[5] not in ("/tasks/start", "/tasks/exit"):
+        parts = line.split(" ")
+        topic_at = next((i for i, p in enumerate(parts) if p.startswith("/tasks/")), None)
+        if topic_at is None or len(parts) < 3:
+            continue
+        topic = parts[topic_at]
+        if topic not in ("/tasks/start", "/tasks/exit"):
             continue
         try:
-            body = json.loads(parts[6])
+            body = json.loads(" ".join(parts[topic_at + 1 :]))
         except ValueError:
             continue
         cid = body.get("container_id") or body.get("id")
         if not cid:
             continue
         when = dt.datetime.fromisoformat(f"{parts[0]} {parts[1][:15]}+00:00").timestamp()
-        if parts[5] == "/tasks/exit" and body.get("id") not in (None, cid):
+        if topic == "/tasks/exit" and body.get("id") not in (None, cid):
             continue  # an exec's exit, not the container's
-        out.append((when, parts[5], cid))
+        out.append((when, topic, cid))
     return out
 
 
