@@ -66,7 +66,8 @@ def test_lazy_restore_runs_first_and_reports_the_last_page(agent: AgentHarness) 
     # CRIU itself copied only what cannot be lazy; the daemon brought the rest.
     assert restored["criu"].get("pages_restored", 0) < (512 << 20) // 4096 // 2
     _pattern_checked_after(box, last)
-    # Retired only once the last page was in (it was read until then).
+    # Retired only once every page image verified (it was read until then).
+    assert wait_for(lambda: phases(box, "lazy-pages", "verified"), 60), box.stderr_text()[-2000:]
     assert not (agent.app_store / "generations" / generation).exists()
     assert stop_and_wait(box, 120) == CHECKPOINTED
 

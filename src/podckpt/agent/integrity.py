@@ -219,8 +219,10 @@ class PageVerifier:
         *,
         wake_fd: int | None = None,
         threads: int | None = None,
+        nice: int = 0,
     ) -> None:
         self._generation = generation
+        self._nice = nice
         self._entries = dict(entries)
         self._wake_fd = wake_fd
         self._lock = threading.Lock()
@@ -272,6 +274,9 @@ class PageVerifier:
 
     def _work(self) -> None:
         buf = bytearray(_READ)
+        if self._nice:
+            with contextlib.suppress(OSError):  # this thread only (a TID is a PID to setpriority)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         try:
             while not self._cancelled.is_set():
                 with self._lock:

@@ -151,6 +151,7 @@ class LazyTransfer:
         self.next_check = time.monotonic() + _CHECK_S
         #: The highest PID or TID of the restored tree (a restore again must stay clear of it).
         self.highest_pid = 0
+        self._pages_logged = False
 
     @property
     def pid(self) -> int | None:
@@ -200,7 +201,11 @@ class LazyTransfer:
         """CRIU's restore returned: hold the userfaultfds, verify the page images."""
         self.highest_pid = highest_pid(root)
         self._hold_uffds()
-        self.verifier = integrity.PageVerifier(self.gen.path, deferred, wake_fd=self.wake_w)
+        # Below the application and the daemon in priority: it decides nothing while they run,
+        # and takes what CPU they leave.
+        self.verifier = integrity.PageVerifier(
+            self.gen.path, deferred, wake_fd=self.wake_w, nice=10
+        )
         self.verifier.start()
 
     # -- while the application runs ------------------------------------------------------
@@ -250,6 +255,7 @@ class LazyTransfer:
                 return f"criu lazy-pages failed with exit code {code}: " + (
                     " | ".join(tail) or "no error lines"
                 )
+            self._pages_in()
             if self.verifier is None or self.verifier.done():
                 return "done"
             return "running"
@@ -291,6 +297,28 @@ class LazyTransfer:
                 return f"the lazy transfer did not finish within {timeout:.0f} s"
             time.sleep(0.005)
 
+    def _pages_in(self) -> None:
+        """The daemon exited 0: the last page is in. Said once; the userfaultfds held for a
+        failing daemon are let go at once (a fault on a page removed since would wait)."""
+        if self._pages_logged:
+            return
+        self._pages_logged = True
+        self._release_uffds()
+        log.emit(
+            "lazy-pages",
+            "ok",
+            self.timer.elapsed(),
+            generation=self.gen.name,
+            why="the last page is in",
+            verified=self.verifier is None or self.verifier.done(),
+        )
+
+    def _release_uffds(self) -> None:
+        for fd in self._held.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._held.clear()
+
     def bytes_verified(self) -> int:
         return self.verifier.bytes if self.verifier is not None else 0
 
@@ -307,11 +335,11 @@ class LazyTransfer:
             self.close()
             log.emit(
                 "lazy-pages",
-                "ok",
+                "verified",
                 self.timer.elapsed(),
                 generation=self.gen.name,
                 bytes=self.bytes_verified(),
-                why="the last page is in",
+                why="every page image matched its checksums",
             )
             with contextlib.suppress(AgentError), self.ctx.store.lock(timeout=10.0):
                 self.ctx.store.retire(self.gen, diagnosis=diagnosis)
@@ -365,10 +393,7 @@ class LazyTransfer:
     def close(self) -> None:
         if self.verifier is not None:
             self.verifier.cancel()
-        for fd in self._held.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._held.clear()
+        self._release_uffds()
         for owned in (self._pidfd, self.wake_r, self.wake_w):
             if owned is not None:
                 with contextlib.suppress(OSError):
