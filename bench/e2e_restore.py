@@ -78,8 +78,24 @@ def _memhog(work: Path) -> Path:
     return out
 
 
-def _statefulset(image: str, mib: int) -> dict[str, Any]:
+#: What lazy restore needs in the container (docs/agent.md "Lazy restore"): CRIU's privileged
+#: set and CAP_SYS_PTRACE for userfaultfd. podckpt never adds these; the user does.
+LAZY_CAPABILITIES = ["SYS_ADMIN", "NET_ADMIN", "SYS_TIME", "SYS_CHROOT", "SYS_PTRACE"]
+
+
+def _statefulset(image: str, mib: int, *, lazy: bool = False) -> dict[str, Any]:
     limit = f"{mib + 64}Mi"
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/memhog", str(mib)],
+        "resources": {"limits": {"memory": limit}},
+    }
+    annotations = {}
+    if lazy:
+        container["securityContext"] = {"capabilities": {"add": list(LAZY_CAPABILITIES)}}
+        annotations[f"{P}restore-mode"] = "lazy"
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -89,18 +105,11 @@ def _statefulset(image: str, mib: int) -> dict[str, Any]:
             "serviceName": "hog",
             "selector": {"matchLabels": {"app": "hog"}},
             "template": {
-                "metadata": {"labels": {"app": "hog", f"{P}checkpoint-mode": "true"}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": image,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": ["/memhog", str(mib)],
-                            "resources": {"limits": {"memory": limit}},
-                        }
-                    ]
+                "metadata": {
+                    "labels": {"app": "hog", f"{P}checkpoint-mode": "true"},
+                    "annotations": annotations,
                 },
+                "spec": {"containers": [container]},
             },
         },
     }
@@ -406,12 +415,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100", help="MiB of application memory, comma list")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--across", action="store_true", help="the Across nodes section")
+    parser.add_argument(
+        "--lazy-sizes", default="", help="also these sizes with restore-mode lazy (comma list)"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if args.across:
         return main_across(args)
     load_before = os.getloadavg()[0]
-    results: dict[int, list[dict[str, float]]] = {}
+    results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="podckpt-bench-e2e-") as tmp:
         work = Path(tmp)
         cluster = Cluster(work / "cluster", name="bench-e2e")
@@ -420,15 +432,16 @@ def main(argv: list[str] | None = None) -> int:
             cluster.up_node()
             operator_install.install(cluster, work=work / "images")
             image = cluster.load_image(_memhog(work), "podckpt.local/memhog:1", push=False)
-            for mib in (int(s) for s in args.sizes.split(",")):
-                ns = cluster.create_namespace(f"bench-{mib}")
-                cluster.kubectl(
-                    "apply", "-n", ns, "-f", "-", input=json.dumps(_statefulset(image, mib))
-                )
-                runs = results.setdefault(mib, [])
+            plan = [(f"{m} MiB", int(m), False) for m in args.sizes.split(",")]
+            plan += [(f"{m} MiB, lazy", int(m), True) for m in args.lazy_sizes.split(",") if m]
+            for label, mib, lazy in plan:
+                ns = cluster.create_namespace(f"bench-{mib}{'-lazy' if lazy else ''}")
+                manifest = _statefulset(image, mib, lazy=lazy)
+                cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+                runs = results.setdefault(label, [])
                 for i in range(args.runs):
                     runs.append(_cycle(cluster, ns))
-                    print(f"{mib} MiB run {i + 1}: {json.dumps(runs[-1])}", file=sys.stderr)
+                    print(f"{label} run {i + 1}: {json.dumps(runs[-1])}", file=sys.stderr)
                 cluster.kubectl("delete", "namespace", ns, "--wait=false")
         finally:
             cluster.down()
@@ -440,18 +453,22 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {os.cpu_count()} cores, {platform.release()}; load average "
         f"{load_before:.1f} before, {load_after:.1f} after (the 2 cores are shared with other "
         f"work). Command: `.venv/bin/python bench/e2e_restore.py --sizes {args.sizes} "
-        f"--runs {args.runs}`. A StatefulSet of one replica (static C program, N MiB touched, "
+        + (f"--lazy-sizes {args.lazy_sizes} " if args.lazy_sizes else "")
+        + f"--runs {args.runs}`. A StatefulSet of one replica (static C program, N MiB touched, "
         "ticks every 100 ms) on the local cluster with the operator installed in it; the "
         "checkpoint volume is the hostpath provisioner's (local disk). Seconds: median "
-        f"(min, max) of {args.runs} pod deletions.",
+        f"(min, max) of {args.runs} pod deletions. Rows marked *lazy*: the same with "
+        "`restore-mode: lazy` and the container granting what lazy restore needs (CRIU's "
+        'privileged set and SYS_PTRACE, docs/agent.md "Lazy restore"; podckpt never adds '
+        "them): the restored program runs before its memory is in.",
         "",
         "| memory | downtime: delete → restored program runs | CRIU dump + commit | CRIU "
         "restore | agent (restore minus CRIU) | Kubernetes (the rest) | checkpoint size |",
         "|---|---|---|---|---|---|---|",
     ]
-    for mib, runs in results.items():
+    for label, runs in results.items():
         lines.append(
-            f"| {mib} MiB | {_fmt([r['downtime_s'] for r in runs])} s "
+            f"| {label} | {_fmt([r['downtime_s'] for r in runs])} s "
             f"| {_fmt([r['dump_s'] + r['commit_s'] for r in runs])} s "
             f"| {_fmt([r['criu_restore_s'] for r in runs])} s "
             f"| {_fmt([r['agent_restore_s'] for r in runs])} s "
@@ -463,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         "Where the time goes (medians, seconds; bench/e2e_timeline.py: pod watch, containerd's"
         " task events, the agents' lines):",
         "",
-        "| step | " + " | ".join(f"{mib} MiB" for mib in results) + " |",
+        "| step | " + " | ".join(results) + " |",
         "|---|" + "---|" * len(results),
     ]
     for key, label in STEPS:
