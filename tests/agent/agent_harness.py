@@ -79,6 +79,7 @@ class AgentHarness:
         env: dict[str, str] | None = None,
         capabilities: Sequence[str] | None = None,
         seccomp: bool = False,
+        no_new_privs: bool = False,
         store: str = "/store/app",
         container: str = "app",
         entry: Sequence[str] = ("python3", "-m", "podckpt.agent"),
@@ -110,6 +111,7 @@ class AgentHarness:
             tty=tty,
             stdout_file=stdout_file,
             addresses=addresses,
+            no_new_privs=no_new_privs,
         )
 
     def set_labels(self, labels: dict[str, str]) -> None:

@@ -230,11 +230,9 @@ def test_a_non_root_application_cannot_read_the_store_key_or_the_store(
         "    print(f'count {n}', flush=True)\n"
         "    time.sleep(0.05)\n"
     )
-    env = {
-        contract.Env.STORE_KEY: KEY_IN_BUNDLE,
-        "PODCKPT_APP_UID": "1000",
-        "PODCKPT_APP_GID": "1000",
-    }
+    env = {contract.Env.STORE_KEY: KEY_IN_BUNDLE}
+    # What the webhook hands over for runAsUser/runAsGroup 1000 and fsGroup 2000.
+    user = ["--user", "1000:1000", "--supplementary-groups", "2000"]
     caps = sorted({*RUNTIME_DEFAULT, *REQUIRED_CAPABILITIES})
     first = agent.start(
         ["python3", "-c", probe],
@@ -242,6 +240,7 @@ def test_a_non_root_application_cannot_read_the_store_key_or_the_store(
         capabilities=caps,
         binds=[Bind(bundle, "/.podckpt-test", True)],
         entry=FS_GROUP_AGENT,
+        agent_args=user,
     )
     wait_count(first, 3)
     line = first.stdout_text().splitlines()[0]
@@ -253,6 +252,7 @@ def test_a_non_root_application_cannot_read_the_store_key_or_the_store(
         capabilities=caps,
         binds=[Bind(bundle, "/.podckpt-test", True)],
         entry=FS_GROUP_AGENT,
+        agent_args=user,
     )
     wait_count(second, 3)
     assert phases(second, "restore", "ok")[0]["authenticated"] is True

@@ -63,27 +63,52 @@ def test_tree_of_several_users_is_refused_in_one_line(agent: AgentHarness) -> No
     assert agent.latest() is None
 
 
+#: What the webhook hands over for a container with runAsUser 1000, runAsGroup 1000 and
+#: `drop: [ALL]`, whose pod has `allowPrivilegeEscalation: false` set by the webhook.
+WEBHOOK_ARGS = [
+    "--user",
+    "1000:1000",
+    "--drop-capabilities",
+    "CAP_CHECKPOINT_RESTORE,CAP_SETPCAP,CAP_SETUID,CAP_SETGID,CAP_DAC_OVERRIDE",
+]
+USER_CAPS = sorted({*CAPS, "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"})
+
+
+def _status(sandbox: Sandbox, uid: int) -> str:
+    pid = sandbox.exec(["pgrep", "-o", "-u", str(uid), "python3"]).stdout.split()[0].decode()
+    return sandbox.exec(["cat", f"/proc/{pid}/status"]).stdout.decode()
+
+
+def _field(status: str, name: str) -> str:
+    match = re.search(rf"^{name}:\s+(.*)$", status, re.MULTILINE)
+    assert match, status
+    return match[1].strip()
+
+
 def test_container_user_handed_over_by_the_webhook_runs_the_application(
     agent: AgentHarness,
 ) -> None:
-    # The webhook runs the agent as root and passes the container's runAsUser/runAsGroup in
-    # PODCKPT_APP_UID/GID: the application itself must run as that user, without capabilities.
-    env = {"PODCKPT_APP_UID": "1000", "PODCKPT_APP_GID": "1000"}
+    # The webhook runs the agent as root with no_new_privs and passes the container's
+    # runAsUser/runAsGroup: the application runs as that user, without any capability, and
+    # without those the webhook added even in its bounding set; dump and restore still work.
     argv = ["python3", "/apps/user_counter.py"]
-    first = agent.start(argv, capabilities=CAPS, env=env)
+    first = agent.start(argv, capabilities=USER_CAPS, agent_args=WEBHOOK_ARGS, no_new_privs=True)
     seen = _wait_lines(first, 5)
     assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
-    pid = first.exec(["pgrep", "-o", "-u", "1000", "python3"]).stdout.split()[0].decode()
-    status = first.exec(["cat", f"/proc/{pid}/status"]).stdout.decode()
-    assert re.search(r"^CapEff:\s+0+$", status, re.MULTILINE), status
-    assert "PODCKPT_APP_UID" not in first.exec(["cat", f"/proc/{pid}/environ"]).stdout.decode()
+    status = _status(first, 1000)
+    assert int(_field(status, "CapEff"), 16) == 0, status
+    assert int(_field(status, "CapBnd"), 16) >> 40 & 1 == 0, "CHECKPOINT_RESTORE bounded away"
+    assert _field(status, "NoNewPrivs") == "1"
     assert stop_and_wait(first) == CHECKPOINTED, first.stderr_text()[-2000:]
     assert phases(first, "dump", "ok")[0]["criu_user"] == "1000:1000"
     reached = _lines(first)[-1][0]
 
-    second = agent.start(argv, capabilities=CAPS, env=env)
+    second = agent.start(argv, capabilities=USER_CAPS, agent_args=WEBHOOK_ARGS, no_new_privs=True)
     seen = _wait_lines(second, 5)
     assert phases(second, "restore", "ok"), second.stderr_text()[-2000:]
     assert seen[0][0] == reached + 1
     assert {(u, g) for _, u, g in seen} == {(1000, 1000)}
+    restored = _status(second, 1000)
+    assert _field(restored, "Uid").split() == ["1000"] * 4
+    assert int(_field(restored, "CapBnd"), 16) >> 40 & 1 == 0
     assert stop_and_wait(second) == CHECKPOINTED

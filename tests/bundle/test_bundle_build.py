@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from podckpt.agent import appuser
 from podckpt.bundle import MOUNT_PATH
 from podckpt.bundle.build import tree_size
 
@@ -171,3 +174,42 @@ def test_install_again_over_a_bundle_in_use(bundle: Path, tmp_path: Path) -> Non
     assert (target / ".installed").is_file()
     assert not list(target.rglob("*.podckpt-install.tmp"))
     assert _run([str(target / "bin/podckpt-agent"), "--version"]).returncode == 0
+
+
+def test_whoami_writes_the_user_the_agent_reads(bundle: Path) -> None:
+    """The user probe: the static launcher writes uid, gid, groups and HOME (no Python, no
+    loader); podckpt.agent.appuser reads exactly that, also run as another user."""
+    out = Path(tempfile.mkdtemp(prefix="podckpt-probe-"))  # reachable by another user
+    out.chmod(0o777)
+    try:
+        _whoami(bundle, out)
+    finally:
+        shutil.rmtree(out)
+
+
+def _whoami(bundle: Path, out: Path) -> None:
+    agent = str(bundle / "bin/podckpt-agent")
+    env = {"HOME": '/home/"app"'}
+    done = subprocess.run(
+        [agent, "whoami", "--out", str(out / "app")], env=env, capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    user = appuser.from_probe(out / "app")
+    assert (user.uid, user.gid, user.home) == (os.getuid(), os.getgid(), '/home/"app"')
+    if os.geteuid() == 0:
+
+        def as_user() -> None:
+            os.setgroups([3000])
+            os.setgid(1001)
+            os.setuid(1001)
+
+        done = subprocess.run(
+            [agent, "whoami", "--out", str(out / "other")],
+            env={},
+            preexec_fn=as_user,
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert appuser.from_probe(out / "other") == appuser.AppUser(1001, 1001, (3000,), None)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary file left"

@@ -182,7 +182,11 @@ def test_idempotent_resubmission_is_not_double_wrapped(kube: Kube, namespace: st
     }
     second = kube.create_pod(namespace, again)
     assert second["spec"]["containers"][0]["command"] == first["spec"]["containers"][0]["command"]
-    assert len(second["spec"]["initContainers"]) == 1
+    # the bundle and the user probe (no runAsUser: the image's USER decides), once each
+    assert [c["name"] for c in second["spec"]["initContainers"]] == [
+        "podckpt-bundle",
+        "podckpt-user-0",
+    ]
     assert second["spec"]["containers"][0]["args"] == ["/app", "--serve"]
 
 

@@ -178,20 +178,25 @@ def test_controller_writes_nothing_to_pods_but_its_gate(kube: Kube, namespace: s
             ), entry
 
 
-def test_orphaned_checkpoint_volume_is_reported_not_deleted(kube: Kube, namespace: str) -> None:
-    kube.core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "metadata": {
-                "name": "podckpt-statefulset-gone-0",
-                "labels": {"podckpt.io/managed-by": "podckpt"},
+def test_orphaned_checkpoint_volume_is_reported_not_deleted(
+    kube: Kube, namespace: str, apiserver_cluster: Any
+) -> None:
+    # Made by the controller (only it may label a claim podckpt.io/*), then orphaned.
+    kubeconfig = apiserver_cluster.token_kubeconfig("podckpt-system", "podckpt-controller")
+    with apiserver_cluster.api_client(kubeconfig) as api:
+        Kube(api).core.create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "metadata": {
+                    "name": "podckpt-statefulset-gone-0",
+                    "labels": {"podckpt.io/managed-by": "podckpt"},
+                },
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
             },
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
+        )
     eventually(
         lambda: "OrphanedCheckpointVolume" in kube.reasons(namespace, "podckpt-statefulset-gone-0"),
         what="orphan report",
@@ -246,8 +251,11 @@ def test_store_key_secret_per_namespace_mounted_only_for_the_bundle_init_contain
     spec = pod["spec"]
     (volume,) = [v for v in spec["volumes"] if v.get("secret")]
     assert volume["secret"]["secretName"] == "podckpt-store-key"
-    (init,) = spec["initContainers"]
+    (init,) = [c for c in spec["initContainers"] if c["name"] == "podckpt-bundle"]
     assert volume["name"] in {m["name"] for m in init["volumeMounts"]}
+    for other in spec["initContainers"]:  # the user probe runs the application's image
+        if other is not init:
+            assert volume["name"] not in {m["name"] for m in other["volumeMounts"]}
     assert init["command"][-2:] == ["--key", "/podckpt-store-key/key"]
     for container in spec["containers"]:
         assert volume["name"] not in {m["name"] for m in container["volumeMounts"]}

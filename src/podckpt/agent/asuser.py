@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 _PR_SET_KEEPCAPS = 8
+_PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_RAISE = 2
+_PR_CAP_AMBIENT_LOWER = 3
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 NEEDED_FOR_USER_DUMP = capabilities.USER_DUMP_CAPABILITIES
@@ -85,6 +87,53 @@ def preexec(uid: int, gid: int, mask: int | None = None) -> Callable[[], None]:
         for cap in caps:
             if prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
                 fail(f"prctl(PR_CAP_AMBIENT_RAISE, {cap})")
+
+    return child
+
+
+def application_preexec(
+    user: tuple[int, int, tuple[int, ...]] | None, drop: tuple[int, ...]
+) -> Callable[[], None]:
+    """A `preexec_fn` that starts the application as it would have run without podckpt.
+
+    `drop` (capability numbers the webhook added for the agent only) leave the child's
+    bounding set first (that needs CAP_SETPCAP, which is gone once a non-root uid is taken),
+    so a setuid-root binary cannot bring them back either. Then the user's groups, gid and
+    uid (real, effective and saved), which clears a non-root child's capabilities as they
+    would have been cleared at the runtime's exec; last `drop` leaves the remaining sets: a
+    root child keeps the container's capabilities minus `drop`.
+
+    Like `preexec`, everything is prepared here; the child only makes system calls."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl, capset, capget = libc.prctl, libc.capset, libc.capget
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    keep_low = ~sum(1 << c for c in drop if c < 32) & 0xFFFFFFFF
+    keep_high = ~sum(1 << (c - 32) for c in drop if c >= 32) & 0xFFFFFFFF
+
+    def fail(what: str) -> None:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    def child() -> None:
+        for cap in drop:
+            if prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                fail(f"prctl(PR_CAPBSET_DROP, {cap})")
+            prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_LOWER, cap, 0, 0)
+        if user is not None:  # while CAP_SETUID/CAP_SETGID are still effective
+            uid, gid, groups = user
+            os.setgroups(list(groups))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        if drop:  # a root child keeps its other capabilities; a non-root one has none left
+            if capget(ctypes.byref(header), data) != 0:
+                fail("capget")
+            for part, keep in ((data[0], keep_low), (data[1], keep_high)):
+                part.effective &= keep
+                part.permitted &= keep
+                part.inheritable &= keep
+            if capset(ctypes.byref(header), data) != 0:
+                fail("capset")
 
     return child
 

@@ -20,6 +20,7 @@ from podckpt.api import contract
 
 from .errors import EnvironmentProblem
 
+#: Linux capability numbers (linux/capability.h).
 CAP_NUMBERS: dict[str, int] = {
     "CAP_CHOWN": 0,
     "CAP_DAC_OVERRIDE": 1,
@@ -30,12 +31,37 @@ CAP_NUMBERS: dict[str, int] = {
     "CAP_SETGID": 6,
     "CAP_SETUID": 7,
     "CAP_SETPCAP": 8,
+    "CAP_LINUX_IMMUTABLE": 9,
+    "CAP_NET_BIND_SERVICE": 10,
+    "CAP_NET_BROADCAST": 11,
     "CAP_NET_ADMIN": 12,
+    "CAP_NET_RAW": 13,
+    "CAP_IPC_LOCK": 14,
+    "CAP_IPC_OWNER": 15,
+    "CAP_SYS_MODULE": 16,
+    "CAP_SYS_RAWIO": 17,
     "CAP_SYS_CHROOT": 18,
     "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_PACCT": 20,
     "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_BOOT": 22,
+    "CAP_SYS_NICE": 23,
     "CAP_SYS_RESOURCE": 24,
     "CAP_SYS_TIME": 25,
+    "CAP_SYS_TTY_CONFIG": 26,
+    "CAP_MKNOD": 27,
+    "CAP_LEASE": 28,
+    "CAP_AUDIT_WRITE": 29,
+    "CAP_AUDIT_CONTROL": 30,
+    "CAP_SETFCAP": 31,
+    "CAP_MAC_OVERRIDE": 32,
+    "CAP_MAC_ADMIN": 33,
+    "CAP_SYSLOG": 34,
+    "CAP_WAKE_ALARM": 35,
+    "CAP_BLOCK_SUSPEND": 36,
+    "CAP_AUDIT_READ": 37,
+    "CAP_PERFMON": 38,
+    "CAP_BPF": 39,
     "CAP_CHECKPOINT_RESTORE": 40,
 }
 
@@ -64,6 +90,18 @@ def effective_capabilities(status_path: str | Path = "/proc/self/status") -> int
 
 def missing(required: Iterable[str], mask: int) -> list[str]:
     return [name for name in required if not mask >> CAP_NUMBERS[name] & 1]
+
+
+def numbers(names: Iterable[str]) -> tuple[int, ...]:
+    """Capability numbers of `names` (`CAP_X` or Kubernetes' `X`); EnvironmentProblem for an
+    unknown name."""
+    out = []
+    for name in names:
+        full = name if name.startswith("CAP_") else "CAP_" + name
+        if full not in CAP_NUMBERS:
+            raise EnvironmentProblem(f"unknown capability {name!r}")
+        out.append(CAP_NUMBERS[full])
+    return tuple(out)
 
 
 def check_required(mask: int | None = None) -> None:

@@ -121,7 +121,17 @@ def not_here(ctx: Context, gen: Generation, manifest: Manifest) -> NotHere | Non
             " it (liveness or startup probe, OOM kill, crash or kill) and starts fresh",
         )
     dumped = manifest.workload or {}
-    for key in ("revision", "image", "argv"):
+    user = ctx.workload.get("user")
+    if isinstance(user, list) and user != [0, 0] and dumped.get("user") != user:
+        # A non-root application is never resumed from a checkpoint of another user's, or
+        # of one that does not say (root, with runAsNonRoot, would come back as root).
+        return NotHere(
+            NEW_REVISION,
+            gen.name,
+            f"generation {gen.name} was made as user {dumped.get('user', 'unknown')}, this pod"
+            f" runs its application as {user}",
+        )
+    for key in ("revision", "image", "argv", "user"):
         if key in dumped and key in ctx.workload and dumped[key] != ctx.workload[key]:
             return NotHere(
                 NEW_REVISION,

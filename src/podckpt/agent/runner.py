@@ -1,8 +1,10 @@
 """`podckpt-agent`: command line of the agent.
 
 podckpt-agent run [--store DIR] [--container NAME] [--labels-file F]
-                  [--annotations-file F] -- ARGV...
-podckpt-agent checkpoint [--container NAME]
+                  [--annotations-file F] [--user UID[:GID] | --user-probe F] [--non-root]
+                  [--drop-capabilities CAPS] [--control-socket PATH] -- ARGV...
+podckpt-agent checkpoint [--container NAME] [--socket PATH]
+podckpt-agent whoami --out FILE          (the webhook's user probe)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from podckpt.api import CheckpointSettings, RestorePolicy, contract, criuopts
 
-from . import AGENT_VERSION, capabilities, criu, exitcodes, isolation, log, pids
+from . import AGENT_VERSION, appuser, capabilities, criu, exitcodes, isolation, log, pids
 from .context import Context
 from .errors import (
     AgentError,
@@ -76,23 +78,46 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt = sub.add_parser(
         "checkpoint", help="ask the running agent for a checkpoint now (the application runs on)"
     )
-    ckpt.add_argument("--container", help="whose agent (needed when several run in the pod)")
+    ckpt.add_argument(
+        "--container", help="the container whose agent this must be (checked by the agent)"
+    )
+    ckpt.add_argument(
+        "--socket", help=f"the agent's control socket (default {contract.CONTROL_SOCKET})"
+    )
     ckpt.add_argument("--timeout", type=float, default=600.0)
+    whoami = sub.add_parser(
+        contract.WHOAMI_COMMAND,
+        help="write this process's uid, gid, groups and HOME (the webhook's user probe)",
+    )
+    whoami.add_argument(contract.WHOAMI_OUT_OPTION, dest="out", required=True)
     return parser
 
 
 def main(argv: Sequence[str], started: float, early_floor: pids.EarlyFloor | None) -> NoReturn:
     args = build_parser().parse_args(argv)
     if args.command == "checkpoint":
-        raise SystemExit(checkpoint_command(args.container, args.timeout))
+        raise SystemExit(checkpoint_command(args.container, args.timeout, args.socket))
+    if args.command == contract.WHOAMI_COMMAND:
+        raise SystemExit(whoami_command(Path(args.out)))
     raise SystemExit(run_command(args, started, early_floor))
 
 
-def checkpoint_command(container: str | None, timeout: float) -> int:
+def whoami_command(out: Path) -> int:
+    from .appuser import write_probe  # noqa: PLC0415
+
+    try:
+        write_probe(out, os.environ)
+    except OSError as exc:
+        sys.stderr.write(f"podckpt-agent whoami: cannot write {out}: {exc.strerror}\n")
+        return exitcodes.AGENT_FAILURE
+    return 0
+
+
+def checkpoint_command(container: str | None, timeout: float, path: str | None = None) -> int:
     from . import control  # noqa: PLC0415 - `run` does not need it before the application starts
 
     try:
-        answer = control.request(container, "checkpoint", timeout)
+        answer = control.request("checkpoint", timeout, path=path, container=container)
     except AgentError as exc:
         sys.stderr.write(f"podckpt-agent checkpoint: {exc}\n")
         return exitcodes.AGENT_FAILURE
@@ -106,7 +131,10 @@ def checkpoint_command(container: str | None, timeout: float) -> int:
 def run_command(
     args: argparse.Namespace, started: float, early_floor: pids.EarlyFloor | None
 ) -> int:
-    command = contract.run_command_from(args)
+    try:
+        command = contract.run_command_from(args)
+    except ValueError as exc:
+        fail(str(exc))
     argv = list(command.argv)
     if not argv:
         fail("missing the application's command: podckpt-agent run [options] -- ARGV...")
@@ -119,6 +147,11 @@ def run_command(
             )
         except ValueError as exc:
             fail(str(exc))
+    try:
+        app_user = appuser.resolve(command)
+        drop = capabilities.numbers(command.drop_capabilities)
+    except AgentError as exc:
+        fail(str(exc))
     live = LiveSettings(
         Path(command.labels_file) if command.labels_file else None,
         Path(command.annotations_file) if command.annotations_file else None,
@@ -155,7 +188,7 @@ def run_command(
             early_floor = pids.early_floor()
         ctx = _prepare_criu(store, settings.mode, key_problem)
         if ctx is not None:
-            ctx.workload = workload_identity(argv, command.revision)
+            ctx.workload = workload_identity(argv, command.revision, app_user)
             ctx.origin = origin()
             ctx.pre_restore_floor = pre_restore
             pre_restore = None
@@ -173,6 +206,9 @@ def run_command(
     supervisor.isolation = _isolation(settings, ctx)
     if ctx is not None:
         _check_option_capabilities(settings, needed=settings.mode or bool(ctx.store.candidates()))
+    supervisor.app_user = app_user
+    supervisor.drop_capabilities = drop
+    supervisor.control_path = command.control_socket or contract.CONTROL_SOCKET
     become_subreaper()
     supervisor.install_signals()
     try:
@@ -218,10 +254,16 @@ def _check_option_capabilities(settings: CheckpointSettings, *, needed: bool) ->
     log.emit("start", "warning", warning=message)
 
 
-def workload_identity(argv: list[str], revision: str | None) -> dict[str, object]:
-    """The application's argv and, when the webhook hands them over, the container's image
-    and the workload revision of its pod."""
-    identity: dict[str, object] = {"argv": argv}
+def workload_identity(
+    argv: list[str], revision: str | None, user: appuser.AppUser | None = None
+) -> dict[str, object]:
+    """The application's argv, the user it starts as and, when the webhook hands them over,
+    the container's image and the workload revision of its pod: a checkpoint is restored only
+    into the same (restore.py)."""
+    identity: dict[str, object] = {
+        "argv": argv,
+        "user": [0, 0] if user is None else user.as_workload(),
+    }
     image = os.environ.get(contract.Env.IMAGE)
     if image:
         identity["image"] = image

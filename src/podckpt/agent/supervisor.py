@@ -25,12 +25,15 @@ from .log import Timer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import selectors
     import socket
     from collections.abc import Sequence
     from typing import Any
 
     from podckpt.api import CheckpointSettings
 
+    from . import control
+    from .appuser import AppUser
     from .context import Context
     from .lazy import LazyTransfer
     from .settings import LiveSettings
@@ -64,27 +67,17 @@ def become_subreaper() -> None:
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def application_user() -> tuple[int, int] | None:
-    """(uid, gid) the application must run as, from the webhook's hand-over; None: as the
-    agent (root). A gid alone keeps uid 0, as `runAsGroup` alone does."""
-    uid_text = os.environ.get(contract.Env.APP_UID, "")
-    gid_text = os.environ.get(contract.Env.APP_GID, "")
-    if not uid_text and not gid_text:
-        return None
-    try:
-        uid = int(uid_text or 0)
-        gid = int(gid_text or uid)
-    except ValueError:
-        raise AgentError(
-            f"{contract.Env.APP_UID}={uid_text!r} {contract.Env.APP_GID}={gid_text!r}:"
-            " not numeric ids"
-        ) from None
-    return uid, gid
+def application_env(user: AppUser | None = None, etc: Path = Path("/etc")) -> dict[str, str]:
+    """The container's environment, without the agent's own variables (`contract.Env`), and
+    with the HOME the runtime would have given the application's user."""
+    env = contract.application_environment(os.environ)
+    if user is not None:
+        from .appuser import application_home  # noqa: PLC0415 - only with a user
 
-
-def application_env() -> dict[str, str]:
-    """The container's environment, without the agent's own variables (`contract.Env`)."""
-    return contract.application_environment(os.environ)
+        home = application_home(user, os.environ, etc)
+        if home is not None:
+            env["HOME"] = home
+    return env
 
 
 def process_age() -> float | None:
@@ -121,6 +114,8 @@ class Supervisor(LazySupervision):
         self.checkpointed = False
         self._wake_r, self._wake_w = os.pipe()
         self._control: socket.socket | None = None
+        self._clients: dict[int, control.Client] = {}
+        self._selector: selectors.BaseSelector | None = None
         #: subprocess.Popen of an application started by fork + exec (see _spawn_forked).
         self._app_process: Any = None
         self._next_periodic: float | None = None
@@ -132,6 +127,12 @@ class Supervisor(LazySupervision):
         self.lazy: LazyTransfer | None = None
         #: What the application is started inside of (own IPC namespace, io_uring filter).
         self.isolation = Isolation()
+        #: Who the application runs as (None: as the agent) and which capabilities it must
+        #: not hold (numbers), from the agent's command line (appuser.py).
+        self.app_user: AppUser | None = None
+        self.drop_capabilities: tuple[int, ...] = ()
+        #: The control socket's path (control.py).
+        self.control_path: str = contract.CONTROL_SOCKET
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -148,9 +149,9 @@ class Supervisor(LazySupervision):
         from . import control  # noqa: PLC0415 - after the application started
 
         try:
-            self._control = control.listen(self.container)
-        except OSError as exc:
-            log.emit("control", "unavailable", error=str(exc))
+            self._control = control.listen(self.control_path)
+        except (OSError, AgentError) as exc:
+            log.emit("control", "unavailable", path=self.control_path, error=str(exc))
 
     # -- start -----------------------------------------------------------------------------
 
@@ -231,10 +232,10 @@ class Supervisor(LazySupervision):
 
     def start_fresh(self) -> None:
         timer = Timer()
-        user = application_user()
+        user = self.app_user
         floor = self.early_floor.result() if self.early_floor else pids.raise_floor()
         try:
-            if user is None and not self.isolation.any:
+            if user is None and not self.drop_capabilities and not self.isolation.any:
                 self.root = os.posix_spawnp(
                     self.argv[0],
                     self.argv,
@@ -254,26 +255,25 @@ class Supervisor(LazySupervision):
             timer.elapsed(),
             pid=self.root,
             argv=self.argv,
+            user=None if user is None else [user.uid, user.gid, *user.groups],
             since_agent_start_s=round(time.monotonic() - self.started_at, 4),
             since_process_start_s=process_age(),
             pid_floor=floor.as_dict(),
             isolation=self.isolation.as_log(),
         )
 
-    def _spawn_forked(self, user: tuple[int, int] | None) -> int:
-        """Start the application by fork + exec: as the user its container asked for, and/or
-        inside what `isolation` asks for (posix_spawn can do neither).
+    def _spawn_forked(self, user: AppUser | None) -> int:
+        """Start the application by fork + exec (posix_spawn can do none of this): inside
+        what `isolation` asks for, without the capabilities the webhook added for the agent
+        only, and as the user its container would have run it as (appuser.py).
 
-        The webhook runs the agent as root (CRIU needs it) and hands the container's
-        `runAsUser`/`runAsGroup` over in PODCKPT_APP_UID/GID; the application must still run
-        as that user, with no capabilities, as it would have without podckpt. The
-        supplementary groups the runtime gave the agent (the pod's supplementalGroups and
-        fsGroup) are kept. The IPC namespace and the io_uring filter are set up before the
-        user changes (they need the agent's CAP_SYS_ADMIN): isolation.preexec.
+        In the child, in this order: the IPC namespace and the io_uring filter (they need the
+        agent's CAP_SYS_ADMIN: isolation.preexec), then the capabilities leave the bounding
+        set and the user's groups, gid and uid are taken (asuser.application_preexec).
         """
         import subprocess  # noqa: PLC0415 - only for applications of another user
 
-        from . import isolation  # noqa: PLC0415 - ctypes: only when needed
+        from . import asuser, isolation  # noqa: PLC0415 - ctypes: only when needed
 
         streams: list[int | None] = [None, None, None]
         opened: list[int] = []
@@ -284,16 +284,18 @@ class Supervisor(LazySupervision):
             terminal = terminal or os.isatty(reopened)
             streams[fd] = reopened
             opened.append(reopened)
-        preexec = isolation.preexec(
-            self.isolation,
-            terminal=terminal,
-            user=user,
-            groups=[g for g in os.getgroups() if g != 0],
-        )
+        inside = isolation.preexec(self.isolation, terminal=terminal, user=None)
+        ids = None if user is None else (user.uid, user.gid, user.groups)
+        as_user = asuser.application_preexec(ids, self.drop_capabilities)
+
+        def preexec() -> None:
+            inside()
+            as_user()
+
         try:
             process = subprocess.Popen(
                 self.argv,
-                env=application_env(),
+                env=application_env(user),
                 stdin=streams[0],
                 stdout=streams[1],
                 stderr=streams[2],
@@ -302,6 +304,8 @@ class Supervisor(LazySupervision):
                 restore_signals=True,
                 preexec_fn=preexec,  # noqa: PLW1509 - the PID-floor thread is done by now
             )
+        except subprocess.SubprocessError as exc:
+            raise AgentError(f"cannot start {self.argv[0]} as its user: {exc}") from exc
         finally:
             for fd in opened:
                 os.close(fd)
@@ -320,6 +324,7 @@ class Supervisor(LazySupervision):
 
             threading.Thread(target=_prepare_dump, name="podckpt-warm-up", daemon=True).start()
         sel = selectors.DefaultSelector()
+        self._selector = sel
         sel.register(self._wake_r, selectors.EVENT_READ, "signals")
         if self._control is not None:
             sel.register(self._control, selectors.EVENT_READ, "control")
@@ -327,18 +332,22 @@ class Supervisor(LazySupervision):
         watched: int | None = None
         while (code := self.exit_code) is None:
             watched = self._watch_lazy(sel, watched)
-            timeout = None
+            deadlines = [c.deadline for c in self._clients.values()]
             if self._next_periodic is not None:
-                timeout = max(0.0, self._next_periodic - time.monotonic())
+                deadlines.append(self._next_periodic)
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             for key, _ in sel.select(self._lazy_timeout(timeout)):
                 if key.data == "signals":
                     self._drain_signals()
                 elif key.data == "control":
-                    self._serve_control()
+                    self._accept_control()
                 elif key.data == "lazy":
                     self._lazy_event()
+                else:
+                    self._serve_client(key.data)
                 if self.finished():
                     break
+            self._drop_silent_clients()
             if self.lazy is not None and time.monotonic() >= self.lazy.next_check:
                 self._lazy_event()
             if (
@@ -488,28 +497,59 @@ class Supervisor(LazySupervision):
             "criu": outcome.stats,
         }
 
-    def _serve_control(self) -> None:
+    # -- the control socket (control.py): never blocks the loop ---------------------------
+
+    def _accept_control(self) -> None:
+        import selectors  # noqa: PLC0415 - after the application started
+
         from . import control  # noqa: PLC0415 - after the application started
 
         assert self._control is not None
-        try:
-            conn, _ = self._control.accept()
-        except OSError:
+        client, refused = control.accept(self._control, len(self._clients))
+        if refused is not None:
+            log.emit("control", "refused", why=refused)
+        if client is not None:
+            assert self._selector is not None
+            self._clients[client.conn.fileno()] = client
+            self._selector.register(client.conn, selectors.EVENT_READ, client)
+
+    def _close_client(self, client: control.Client) -> None:
+        self._clients.pop(client.conn.fileno(), None)
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(client.conn)
+        client.close()
+
+    def _drop_silent_clients(self) -> None:
+        now = time.monotonic()
+        for client in [c for c in self._clients.values() if c.deadline <= now]:
+            log.emit("control", "dropped", why="no request within the client timeout")
+            self._close_client(client)
+
+    def _serve_client(self, client: control.Client) -> None:
+        from . import control  # noqa: PLC0415 - after the application started
+
+        line = client.receive()
+        if line is None:
             return
-        with conn:
-            conn.setblocking(True)
-            conn.settimeout(5)
-            try:
-                request = control.read_line(conn)
-            except OSError:
+        try:
+            if not line:
                 return
-            if control.decode_op(request) == "checkpoint":
+            body = control.decode(line)
+            wanted = body.get("container")
+            if wanted is not None and wanted != self.container:
+                answer = {
+                    "ok": False,
+                    "error": f"this is the agent of container {self.container}, not {wanted}",
+                }
+            elif body.get("op") == "checkpoint":
                 answer = self.checkpoint_now("request", self.live.current())
             else:
                 answer = {"ok": False, "error": "unknown request"}
-            with contextlib.suppress(OSError):
-                conn.sendall(control.encode(answer))
-        self._reap()
+            client.answer(answer)
+        finally:
+            self._close_client(client)
+            self._reap()
 
     def _schedule_periodic(self) -> None:
         interval = self.settings.interval

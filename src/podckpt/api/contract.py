@@ -10,14 +10,21 @@ What crosses the boundary, and why each item exists:
 - **Mounts** (fixed paths, because the bundle's launcher and the agent's defaults are built
   for them): the bundle (read-only emptyDir filled by the init container), the pod's labels
   and annotations (downward API, re-read at SIGTERM so that live label changes count), the
-  checkpoint store (the identity's PVC, or the user's `checkpoint-storage-volume`). The
-  namespace's store key is not a mount of the checkpointed container: the bundle init
-  container copies it into the bundle (`STORE_KEY_FILE`).
+  checkpoint store (the identity's PVC, or the user's `checkpoint-storage-volume`), the
+  agent's private run directory (its control socket; a per-container subPath of an emptyDir
+  that no other container sees) and, read-only, the user probe's answers. The namespace's
+  store key is not a mount of the checkpointed container: the bundle init container copies it
+  into the bundle (`STORE_KEY_FILE`).
 - **Command line** (`RunCommand`): where the store is, the container's name, the downward-API
   files, the workload revision the pod belongs to, the namespace's keys (defaults below the
-  pod's own, resolved at admission: the agent cannot read the Namespace), then `--` and the
-  application's original argv. The webhook builds it with
-  `RunCommand.container_command()`; the agent parses it with `add_run_options()`.
+  pod's own, resolved at admission: the agent cannot read the Namespace), the application's
+  user (numeric, or where the user probe wrote it), whether it must not be root, which
+  capabilities it must not hold, then `--` and the application's original argv. The webhook
+  builds it with `RunCommand.container_command()`; the agent parses it with
+  `add_run_options()`.
+- **The user probe** (`whoami_command`): an init container with the application's image and
+  securityContext (minus capabilities) that writes what the runtime made of them (uid, gid,
+  groups, HOME) for the agent: the image's `USER` resolved exactly as the runtime does.
 - **Environment** (`Env`): only what cannot be an option: the pod name for the kubelet's
   `$(VAR)` expansion in the store path of a plain pod whose name is generated, and values the
   agent reads at start (image, application user). Every name in `Env` is the agent's, never
@@ -62,6 +69,15 @@ STORE_KEY_IN_BUNDLE = ".store-key/key"
 STORE_KEY_FILE = f"{BUNDLE_MOUNT}/{STORE_KEY_IN_BUNDLE}"
 #: The data key of the namespace's store key Secret.
 STORE_KEY_SECRET_KEY = "key"  # noqa: S105 - a Secret data key name
+#: The agent's own directory (its control socket), seen by its container only.
+RUN_MOUNT = "/.podckpt-run"
+CONTROL_SOCKET = f"{RUN_MOUNT}/control.sock"
+#: The user probes' answers, one file per checkpointed container (read-only for them).
+USER_MOUNT = "/.podckpt-user"
+
+
+def user_probe_file(container: str) -> str:
+    return f"{USER_MOUNT}/{container}"
 
 
 # ---- environment -------------------------------------------------------------------------------
@@ -86,10 +102,6 @@ class Env(enum.StrEnum):
     #: checkpoint is never restored into the pod that made it: a container restarted inside
     #: its pod (liveness probe, OOM kill, crash) starts fresh.
     POD_UID = "PODCKPT_POD_UID"
-    #: Webhook: the user and group the application runs as (the container would have run it
-    #: as them without podckpt); the agent itself runs as root.
-    APP_UID = "PODCKPT_APP_UID"
-    APP_GID = "PODCKPT_APP_GID"
     #: The key prefix when it is not `memverge.ai/` (read by `podckpt.api.keys`).
     KEY_PREFIX = PREFIX_ENV
     #: Where the last phase lines go for the kubelet (tests point it elsewhere).
@@ -112,6 +124,8 @@ class Env(enum.StrEnum):
     IPC_NAMESPACE = "PODCKPT_IPC_NAMESPACE"
     #: Webhook: `deny` when io_uring_setup must fail for the application (`checkpoint-io-uring`).
     IO_URING = "PODCKPT_IO_URING"
+    #: Default of `--control-socket` (tests, development).
+    CONTROL_SOCKET = "PODCKPT_CONTROL_SOCKET"
 
 
 #: Removed from the application's environment: none of ours reaches the application.
@@ -141,6 +155,35 @@ TCP_CAPABILITIES: tuple[str, ...] = ("CAP_NET_ADMIN",)
 #: seccomp filter (installed without no_new_privs; CRIU suspends it for the dump:
 #: PTRACE_O_SUSPEND_SECCOMP): CAP_SYS_ADMIN, measured (docs/agent.md "Isolation").
 ISOLATION_CAPABILITIES: tuple[str, ...] = ("CAP_SYS_ADMIN",)
+#: Why each capability the webhook may add is there (the admission warning lists them).
+CAPABILITY_REASONS: dict[str, str] = {
+    "CAP_CHECKPOINT_RESTORE": "CRIU restores PIDs (clone3 set_tid) and reads /proc/PID/map_files",
+    "CAP_SETPCAP": "CRIU restores the tasks' capability sets",
+    "CAP_SETUID": "the agent runs CRIU's dump as the application's user",
+    "CAP_SETGID": "the agent runs CRIU's dump as the application's group",
+    "CAP_DAC_OVERRIDE": "CRIU, as the application's user, writes into the agent's private store",
+    "CAP_NET_ADMIN": "TCP repair mode for tcp-established",
+    "CAP_DAC_READ_SEARCH": "linkat(AT_EMPTY_PATH) for link-remap",
+    "CAP_SYS_ADMIN": "an IPC namespace of the application's own, or the io_uring filter",
+}
+
+#: Capabilities that both containerd and CRI-O give a container by default: a container
+#: holds them without podckpt unless its securityContext drops them. The others the webhook
+#: adds are taken away from the application again (`--drop-capabilities`), so the application
+#: never holds a capability it would not have held without podckpt.
+RUNTIME_DEFAULT_CAPABILITIES: frozenset[str] = frozenset(
+    {
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_KILL",
+    }
+)
 
 
 def kubernetes_capability(name: str) -> str:
@@ -228,9 +271,27 @@ def parse_namespace_defaults(text: str) -> tuple[dict[str, str], dict[str, str]]
     return layers[0], layers[1]
 
 
+USER_OPTION = "--user"
+USER_PROBE_OPTION = "--user-probe"
+GROUPS_OPTION = "--supplementary-groups"
+STRICT_GROUPS_OPTION = "--strict-groups"
+NON_ROOT_OPTION = "--non-root"
+DROP_CAPABILITIES_OPTION = "--drop-capabilities"
+CONTROL_SOCKET_OPTION = "--control-socket"
+
+
 @dataclasses.dataclass(frozen=True)
 class RunCommand:
-    """`podckpt-agent run [options] -- ARGV`, as the webhook writes it and the agent reads it."""
+    """`podckpt-agent run [options] -- ARGV`, as the webhook writes it and the agent reads it.
+
+    The application's user: `user` (`UID[:GID]`, the container's `runAsUser`/`runAsGroup`;
+    the gid defaults to the uid's group in the container's /etc/passwd, else 0, as the
+    runtime does), plus `groups` (the pod's `supplementalGroups` and `fsGroup`) and, unless
+    `strict_groups`, the user's groups in the container's /etc/group; or `user_probe`, the
+    file where the user probe wrote what the runtime made of the image's `USER`. Neither:
+    the application runs as the agent (root). `non_root`: the application must never run as
+    uid 0 (`runAsNonRoot`). `drop_capabilities`: taken from the application's capability sets,
+    bounding set included (what the webhook added for the agent only)."""
 
     argv: tuple[str, ...]
     store: str | None = None
@@ -242,6 +303,13 @@ class RunCommand:
     revision: str | None = None
     #: The namespace's keys at the pod's admission (`namespace_defaults_text`).
     namespace_defaults: str | None = None
+    user: str | None = None
+    user_probe: str | None = None
+    groups: tuple[int, ...] = ()
+    strict_groups: bool = False
+    non_root: bool = False
+    drop_capabilities: tuple[str, ...] = ()
+    control_socket: str | None = None
 
     def options(self) -> list[str]:
         out: list[str] = []
@@ -252,9 +320,18 @@ class RunCommand:
             (ANNOTATIONS_OPTION, self.annotations_file),
             (REVISION_OPTION, self.revision),
             (NAMESPACE_DEFAULTS_OPTION, self.namespace_defaults),
+            (USER_OPTION, self.user),
+            (USER_PROBE_OPTION, self.user_probe),
+            (GROUPS_OPTION, ",".join(map(str, self.groups)) or None),
+            (DROP_CAPABILITIES_OPTION, ",".join(self.drop_capabilities) or None),
+            (CONTROL_SOCKET_OPTION, self.control_socket),
         ):
             if value is not None:
                 out += [option, value]
+        if self.strict_groups:
+            out.append(STRICT_GROUPS_OPTION)
+        if self.non_root:
+            out.append(NON_ROOT_OPTION)
         return out
 
     def container_command(self, agent: str = AGENT_PATH) -> tuple[list[str], list[str]]:
@@ -307,7 +384,60 @@ def add_run_options(parser: argparse.ArgumentParser, environ: Mapping[str, str])
         help='the namespace\'s keys, {"labels": {...}, "annotations": {...}}: defaults below'
         " the pod's own labels and annotations",
     )
+    user = parser.add_mutually_exclusive_group()
+    user.add_argument(
+        USER_OPTION,
+        dest="user",
+        metavar="UID[:GID]",
+        help="run the application as this user (default: as the agent)",
+    )
+    user.add_argument(
+        USER_PROBE_OPTION,
+        dest="user_probe",
+        metavar="FILE",
+        help="run the application as the user the podckpt user probe wrote into FILE",
+    )
+    parser.add_argument(
+        GROUPS_OPTION,
+        dest="groups",
+        default="",
+        metavar="GID,...",
+        help="supplementary groups of the application (with --user)",
+    )
+    parser.add_argument(
+        STRICT_GROUPS_OPTION,
+        dest="strict_groups",
+        action="store_true",
+        help="no groups from the container's /etc/group (supplementalGroupsPolicy: Strict)",
+    )
+    parser.add_argument(
+        NON_ROOT_OPTION,
+        dest="non_root",
+        action="store_true",
+        help="never run (or restore) the application as root (runAsNonRoot)",
+    )
+    parser.add_argument(
+        DROP_CAPABILITIES_OPTION,
+        dest="drop_capabilities",
+        default="",
+        metavar="CAP,...",
+        help="capabilities the application must not hold (the agent keeps them)",
+    )
+    parser.add_argument(
+        CONTROL_SOCKET_OPTION,
+        dest="control_socket",
+        default=environ.get(Env.CONTROL_SOCKET),
+        metavar="PATH",
+        help=f"the control socket (default ${Env.CONTROL_SOCKET}, else {CONTROL_SOCKET})",
+    )
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- the application's command")
+
+
+def _id_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{option}: not a list of numeric ids: {text!r}") from None
 
 
 def run_command_from(namespace: argparse.Namespace) -> RunCommand:
@@ -323,7 +453,25 @@ def run_command_from(namespace: argparse.Namespace) -> RunCommand:
         annotations_file=namespace.annotations_file,
         revision=namespace.revision,
         namespace_defaults=namespace.namespace_defaults,
+        user=namespace.user,
+        user_probe=namespace.user_probe,
+        groups=_id_list(namespace.groups, GROUPS_OPTION),
+        strict_groups=namespace.strict_groups,
+        non_root=namespace.non_root,
+        drop_capabilities=tuple(c for c in namespace.drop_capabilities.split(",") if c),
+        control_socket=namespace.control_socket,
     )
+
+
+# ---- the user probe ----------------------------------------------------------------------------
+
+WHOAMI_COMMAND = "whoami"
+WHOAMI_OUT_OPTION = "--out"
+
+
+def whoami_command(container: str, agent: str = AGENT_PATH) -> list[str]:
+    """The user probe's command: write this process's credentials for `container`'s agent."""
+    return [agent, WHOAMI_COMMAND, WHOAMI_OUT_OPTION, user_probe_file(container)]
 
 
 def parse_run_args(args: Sequence[str], environ: Mapping[str, str] | None = None) -> RunCommand:

@@ -19,6 +19,11 @@
  *                                podckpt-agent install --to DIR [--key FILE]: copy the bundle
  *                                (and the store key) into DIR (the init container's job; no
  *                                Python needed for it)
+ *                                podckpt-agent whoami --out FILE: write this process's uid,
+ *                                gid, groups and HOME as JSON (the webhook's user probe, an
+ *                                init container with the application's image and user: no
+ *                                Python and no dynamic loader, so nothing of the image, not
+ *                                even /etc/ld.so.preload, runs in it)
  *   <bundle>/bin/python3         python -I -S ARGS (what sys.executable points at)
  *   <bundle>/criu/criu           criu ARGS
  *   <bundle>/bin/podckpt-pidfloor FLOOR
@@ -36,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -208,6 +214,67 @@ static int install(const char *bundle, int argc, char **argv)
 	return 0;
 }
 
+/* ---- whoami: the user probe (podckpt.agent.appuser reads what it writes) ---- */
+
+static void put_json_string(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p < 0x20)
+			fprintf(f, "\\u%04x", *p);
+		else
+			fputc(*p, f);
+	}
+	fputc('"', f);
+}
+
+static int whoami(int argc, char **argv)
+{
+	const char *out = NULL;
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--out") && i + 1 < argc)
+			out = argv[++i];
+		else if (!strncmp(argv[i], "--out=", 6))
+			out = argv[i] + 6;
+	}
+	if (!out) {
+		fprintf(stderr, "usage: podckpt-agent whoami --out FILE\n");
+		return 2;
+	}
+	int n = getgroups(0, NULL);
+	gid_t *groups = malloc(sizeof(gid_t) * (size_t)(n > 0 ? n : 1));
+	if (n < 0 || !groups || (n = getgroups(n, groups)) < 0)
+		die("cannot read", "the supplementary groups");
+	/* Written beside the target and renamed: the agent never reads half of it. */
+	char tmp[PATH_MAX];
+	const char *slash = strrchr(out, '/');
+	int dirlen = slash ? (int)(slash - out + 1) : 0;
+	if (snprintf(tmp, sizeof tmp, "%.*s.%s.%d", dirlen, out, slash ? slash + 1 : out,
+		     (int)getpid()) >= (int)sizeof tmp)
+		die("path too long", out);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		die("cannot create", tmp);
+	FILE *f = fdopen(fd, "w");
+	if (!f)
+		die("cannot write", tmp);
+	fprintf(f, "{\"uid\":%u,\"gid\":%u,\"groups\":[", (unsigned)getuid(), (unsigned)getgid());
+	for (int i = 0; i < n; i++)
+		fprintf(f, "%s%u", i ? "," : "", (unsigned)groups[i]);
+	fputs("],\"home\":", f);
+	const char *home = getenv("HOME");
+	if (home)
+		put_json_string(f, home);
+	else
+		fputs("null", f);
+	fputs("}\n", f);
+	if (fclose(f) || rename(tmp, out))
+		die("cannot write", out);
+	return 0;
+}
+
 /* ---- pidfloor: burn PIDs until the namespace hands out PIDs >= floor ---- */
 
 static int pidfloor(int argc, char **argv)
@@ -262,6 +329,8 @@ int main(int argc, char **argv)
 
 	if (is_agent && argc > 1 && !strcmp(argv[1], "install"))
 		return install(bundle, argc, argv);
+	if (is_agent && argc > 1 && !strcmp(argv[1], "whoami"))
+		return whoami(argc, argv);
 
 	char *loader = join(bundle, is_criu ? CRIU_LOADER : LOADER);
 	char *libdir = join(bundle, "lib");

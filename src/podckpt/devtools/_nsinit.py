@@ -173,6 +173,8 @@ def _restrict(cfg: dict[str, Any]) -> None:
         L.install_allow_all_seccomp()
     if cfg["caps"] is not None:
         L.restrict_capabilities(cfg["caps"])
+    if cfg.get("no_new_privs"):
+        L.prctl(L.PR_SET_NO_NEW_PRIVS, 1)  # allowPrivilegeEscalation: false
 
 
 def _exec(cfg: dict[str, Any], status_fd: int | None) -> None:

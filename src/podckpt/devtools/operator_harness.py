@@ -131,6 +131,9 @@ class Operator:
         self.health_ports: dict[str, int] = {}
         self.logs = cluster.logs_dir / "operator"
         self.logs.mkdir(parents=True, exist_ok=True)
+        #: Service account -> a kubeconfig to run it with instead of a fresh token's
+        #: (tests that rotate the token rewrite that file while the process runs).
+        self.kubeconfigs: dict[str, Path] = {}
 
     # ---- install --------------------------------------------------------------------------
 
@@ -140,6 +143,7 @@ class Operator:
             "rbac/service_accounts.yaml",
             "rbac/webhook_role.yaml",
             "rbac/controller_role.yaml",
+            "policy/reserved_keys.yaml",
         )
         docs.append(webhook_configuration(f"https://127.0.0.1:{self.port}"))
         self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
@@ -154,7 +158,9 @@ class Operator:
     # ---- processes ------------------------------------------------------------------------
 
     def _env(self, serviceaccount: str, port: int | None = None) -> dict[str, str]:
-        kubeconfig = self.cluster.token_kubeconfig(NAMESPACE, serviceaccount)
+        kubeconfig = self.kubeconfigs.get(serviceaccount) or self.cluster.token_kubeconfig(
+            NAMESPACE, serviceaccount
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PODCKPT_", "KUBECONFIG"))}
         env.update(
             {

@@ -297,6 +297,15 @@ def set_key_prefix(cluster: NodeClusterLike, prefix: str, timeout: float = 240) 
     config = with_key_prefix(config, current, prefix)
     config["metadata"].setdefault("annotations", {})[PREFIX_ANNOTATION] = prefix
     cluster.kubectl("replace", "-f", "-", input=json.dumps(config))
+    # The reserved-keys policy knows which pods the webhook sees by the opt-in key.
+    policy = json.loads(
+        cluster.kubectl(
+            "get", "validatingadmissionpolicy", RESERVED_KEYS_POLICY, "-o", "json"
+        ).stdout
+    )
+    cluster.kubectl(
+        "replace", "-f", "-", input=json.dumps(with_key_prefix(policy, current, prefix))
+    )
     for deployment in deployments:
         cluster.kubectl(
             "rollout", "status", "-n", NAMESPACE, deployment, f"--timeout={int(timeout)}s",
@@ -304,6 +313,9 @@ def set_key_prefix(cluster: NodeClusterLike, prefix: str, timeout: float = 240) 
         )  # fmt: skip
     _wait_available(cluster, timeout)
 
+
+#: config/policy/reserved_keys.yaml
+RESERVED_KEYS_POLICY = "podckpt-reserved-keys"
 
 #: Where `set_key_prefix` notes the prefix the webhook configuration is set for.
 PREFIX_ANNOTATION = "podckpt.io/key-prefix"

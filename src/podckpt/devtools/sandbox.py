@@ -266,6 +266,7 @@ def start_sandbox(
     env: Mapping[str, str] | None = None,
     capabilities: Iterable[str] | None = None,
     seccomp: bool = False,
+    no_new_privs: bool = False,
     hostname: str = "sandbox",
     workdir: str = "/",
     tty: bool = False,
@@ -280,6 +281,7 @@ def start_sandbox(
     `tty: true`), its master in `Sandbox.terminal`. stdout_file: PID 1's stdout and stderr
     are that host file (a mount the sandbox cannot see), as some runtimes and harnesses do.
     addresses: IPv4 addresses of the sandbox besides 127.0.0.1 (its "pod IP"), on lo.
+    no_new_privs: PID 1 runs with no_new_privs, as `allowPrivilegeEscalation: false` does.
     """
     if os.geteuid() != 0:
         raise SandboxError("sandboxes need root")
@@ -307,6 +309,7 @@ def start_sandbox(
         ],
         "caps": _cap_list(capabilities),
         "seccomp": seccomp,
+        "no_new_privs": no_new_privs,
         "hostname": hostname,
         "addresses": list(addresses),
         "workdir": workdir,

@@ -103,11 +103,27 @@ class OperatorSettings(BaseSettings):
     #: How long a tag is trusted to point at the digest it resolved to.
     tag_cache_seconds: float = 300.0
     image_config_cache_size: int = 2048
-    registry_timeout_seconds: float = 8.0
+    #: Per registry request (each admission also has `admission_deadline_seconds` in all).
+    registry_timeout_seconds: float = 5.0
+    #: A registry reply (manifest, index, config, token) larger than this is refused: a
+    #: hostile registry must not exhaust the webhook's memory (256 MiB limit, 20 admissions
+    #: in flight).
+    registry_max_reply_bytes: int = Field(default=4 * MIB, gt=0)
+    #: Token services on another host than their registry that may receive pull credentials
+    #: (registry as written in image references -> hosts), e.g.
+    #: `{"registry.gitlab.com": ["gitlab.com"]}`; Docker Hub's auth.docker.io is built in.
+    registry_token_hosts: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     platform_os: str = "linux"
     platform_architecture: str = "amd64"
 
     # -- webhook server -----------------------------------------------------------------------
+    #: Everything an admission waits for (pull Secrets, registries, slot holders) must end
+    #: within this, so the answer reaches the API server inside the webhook's
+    #: `timeoutSeconds` (10 in config/) with margin, even when a registry hangs.
+    admission_deadline_seconds: float = Field(default=7.0, gt=0)
+    #: The webhook's own service account (`namespace:name` is named in denials that tell a
+    #: namespace how to grant it read access to pull Secrets).
+    webhook_service_account: str = "podckpt-webhook"
     webhook_port: int = 9443
     webhook_address: str = "0.0.0.0"  # noqa: S104 - a Service routes to the pod
     webhook_certfile: str | None = None

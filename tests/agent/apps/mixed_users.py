@@ -13,6 +13,16 @@ if child == 0:
     while True:
         time.sleep(1)
 signal.signal(signal.SIGTERM, lambda *_: (os.kill(child, signal.SIGKILL), sys.exit(0)))
+
+
+# "ready" only once the worker has dropped to its user (the test dumps right after).
+def uids() -> str:
+    with open(f"/proc/{child}/status") as status:
+        return next(line for line in status if line.startswith("Uid:"))
+
+
+while "\t1000\t" not in uids():
+    time.sleep(0.01)
 print(f"ready {child}", flush=True)
 while True:
     time.sleep(1)

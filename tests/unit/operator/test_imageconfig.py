@@ -15,12 +15,12 @@ import pytest_asyncio
 from aiohttp import web
 
 from podckpt.operator.webhook.imageconfig import (
-    Credential,
     ImageConfigError,
     ImageConfigResolver,
-    credentials_from_secrets,
     parse_reference,
 )
+from podckpt.operator.webhook.pullsecrets import credentials_from_secrets
+from podckpt.operator.webhook.registryhttp import Credential
 
 
 @pytest.mark.parametrize(

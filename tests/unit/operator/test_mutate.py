@@ -215,7 +215,6 @@ def test_shadowed_keys_come_back_as_warnings(make_pod: Any, op: OperatorSettings
     )
     warnings = planned(pod, op).warnings
     assert any("checkpoint-volume-size: ignored" in w for w in warnings)
-    assert any("seccompProfile Unconfined" in w for w in warnings)
 
 
 def test_images_are_needed_only_without_command(make_pod: Any, op: OperatorSettings) -> None:
@@ -246,7 +245,7 @@ def test_injected_pod(make_pod: Any, op: OperatorSettings) -> None:
     assert init["image"] == op.bundle_image
     assert init["command"] == [*op.bundle_install_command, "--key", "/podckpt-store-key/key"]
     app = spec["containers"][0]
-    assert app["command"] == [
+    assert app["command"][:12] == [
         "/.podckpt/bin/podckpt-agent",
         "run",
         "--store",
@@ -259,21 +258,43 @@ def test_injected_pod(make_pod: Any, op: OperatorSettings) -> None:
         "/.podckpt-meta/annotations",
         "--revision",
         revision(pod, containers[0]),
-        "--",
     ]
-    assert app["command"][-2].startswith("spec=sha256:")  # no controller template hash
+    assert app["command"][11].startswith("spec=sha256:")  # no controller template hash
+    assert "--user" in app["command"]
+    assert app["command"][-1] == "--"
     assert app["args"] == ["/entry", "--port", "80"]
     uid = {"name": "PODCKPT_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}
     assert uid in app["env"]
     security = app["securityContext"]
-    assert set(op.agent_capabilities) <= set(security["capabilities"]["add"])
-    # A non-root application: the agent dumps it as that user (SETUID, SETGID, DAC_OVERRIDE).
-    assert {"SETUID", "SETGID", "DAC_OVERRIDE"} <= set(security["capabilities"]["add"])
+    # A non-root application: the agent dumps it as that user (SETUID, SETGID, DAC_OVERRIDE);
+    # NET_ADMIN only where tcp-established is asked for.
+    assert security["capabilities"]["add"] == [
+        "CHECKPOINT_RESTORE",
+        "SETPCAP",
+        "SETUID",
+        "SETGID",
+        "DAC_OVERRIDE",
+    ]
     assert security["capabilities"]["drop"] == ["ALL"]
     assert security["seccompProfile"] == {"type": "Unconfined"}
     assert "privileged" not in security
-    assert security["runAsUser"] == 0
-    assert {"name": "PODCKPT_APP_UID", "value": "1000"} in app["env"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert (security["runAsUser"], security["runAsGroup"], security["runAsNonRoot"]) == (
+        0,
+        0,
+        False,
+    )
+    run = contract.parse_run_args(app["command"][2:] + app["args"], environ={})
+    assert run.user == "1000"
+    # drop: [ALL]: the application holds none of what was added for the agent
+    assert set(run.drop_capabilities) == {
+        "CAP_CHECKPOINT_RESTORE",
+        "CAP_SETPCAP",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_DAC_OVERRIDE",
+    }
+    assert not any(e["name"].startswith("PODCKPT_APP") for e in app["env"])
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["podckpt-bundle"] == {
         "name": "podckpt-bundle",
@@ -380,14 +401,6 @@ def test_reserved_volume_names_are_refused(make_pod: Any, op: OperatorSettings) 
     )
     with pytest.raises(DeniedError, match="reserved"):
         plan(pod, NS, op)
-
-
-def test_restricted_namespace_gets_a_pod_security_warning(
-    make_pod: Any, op: OperatorSettings
-) -> None:
-    ns = Namespace("ns", labels={"pod-security.kubernetes.io/enforce": "baseline"})
-    p = planned(make_pod(name="db-0", owner="statefulset", labels=ON), op, ns)
-    assert any("Pod Security" in w for w in p.warnings)
 
 
 def test_our_footprint_never_counts_against_the_applications_limits(

@@ -13,6 +13,7 @@ import pytest
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.handlers import WebhookState, admit
 from podckpt.operator.webhook.imageconfig import ImageConfigResolver
+from podckpt.operator.webhook.pullsecrets import PullSecrets
 from podckpt.operator.webhook.review import AdmissionReview, diff
 from podckpt.operator.webhook.slots import SlotBook
 
@@ -38,7 +39,12 @@ def test_equal_documents_need_no_patch() -> None:
 
 
 def _state() -> WebhookState:
-    return WebhookState(op=OperatorSettings(), resolver=ImageConfigResolver(), slots=SlotBook(5))
+    return WebhookState(
+        op=OperatorSettings(),
+        resolver=ImageConfigResolver(),
+        slots=SlotBook(5),
+        secrets=PullSecrets("podckpt-system:podckpt-webhook"),
+    )
 
 
 def _review(pod: dict[str, Any], *, dry_run: bool = False) -> AdmissionReview:

@@ -45,13 +45,18 @@ def _caps(container: dict[str, Any]) -> set[str]:
     return set(container["securityContext"]["capabilities"]["add"])
 
 
+#: Without runAsUser the image's USER decides, which may be anyone: the agent also gets the set
+#: it dumps a non-root application with (webhook/security.py).
+USER_DUMP = {"SETUID", "SETGID", "DAC_OVERRIDE"}
+
+
 def _env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container["env"]}
 
 
 def test_defaults_add_no_capability_and_no_hand_over(make_pod: Any, op: OperatorSettings) -> None:
     result, containers = _built(make_pod, op, [_container()])
-    assert _caps(containers["app"]) == set(op.agent_capabilities)
+    assert _caps(containers["app"]) == {*op.agent_capabilities, *USER_DUMP}
     env = _env(containers["app"])
     assert contract.Env.IPC_NAMESPACE not in env
     assert contract.Env.IO_URING not in env
@@ -197,5 +202,5 @@ def test_link_remap_adds_dac_read_search(make_pod: Any, op: OperatorSettings) ->
     result, containers = _built(
         make_pod, op, [_container()], checkpoint_advanced_options="link-remap"
     )
-    assert _caps(containers["app"]) == {*op.agent_capabilities, "DAC_READ_SEARCH"}
+    assert _caps(containers["app"]) == {*op.agent_capabilities, *USER_DUMP, "DAC_READ_SEARCH"}
     assert any("link-remap adds capability DAC_READ_SEARCH" in w for w in result.warnings)

@@ -255,6 +255,7 @@ class Cluster(ClusterBase):
         entrypoint: list[str] | None = None,
         cmd: list[str] | None = None,
         push: bool = True,
+        user: str | None = None,
     ) -> str:
         """rootfs dir / static binary / OCI layout / image archive -> image ``ref`` in every
         node's containerd (also nodes added or started later). Returns the name pods use:
@@ -262,6 +263,7 @@ class Cluster(ClusterBase):
 
         With ``push`` (default) the same image also goes to the local registry, as
         `registry_ref(ref)`, so code that reads image configs from a registry sees it too.
+        ``user``: the image config's USER.
         """
         if not self.running(TIER_NODE):
             raise ClusterError("load_image needs the node tier")
@@ -272,6 +274,7 @@ class Cluster(ClusterBase):
             images.layout_dir(self.state_dir, ref),
             entrypoint=entrypoint,
             cmd=cmd,
+            user=user,
         )
         images.load(self, layout, ref)
         if push:

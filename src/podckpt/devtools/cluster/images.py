@@ -99,8 +99,9 @@ def build_layout(
     entrypoint: list[str] | None = None,
     cmd: list[str] | None = None,
     env: list[str] | None = None,
+    user: str | None = None,
 ) -> Path:
-    """Make an OCI image layout at ``dest`` holding ``ref``'s tag.
+    """Make an OCI image layout at ``dest`` holding ``ref``'s tag (``user``: its USER).
 
     ``source`` is a root filesystem directory, a static binary (becomes ``/<name>`` and the
     default entrypoint), an existing OCI layout, or an image archive (``oci-archive`` or
@@ -150,6 +151,8 @@ def build_layout(
             config += ["--config.entrypoint", a]
         for a in cmd or []:
             config += ["--config.cmd", a]
+        if user is not None:
+            config += ["--config.user", user]
         _run(config, "set image config")
     _annotate(dest, ref, tag)
     return dest

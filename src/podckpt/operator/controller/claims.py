@@ -1,5 +1,7 @@
 """Checkpoint volumes: created when an identity's first pod appears, and pods let through to
-the scheduler once their volume is usable.
+the scheduler once their volume is usable. The claim is the one podckpt would have chosen for
+the pod, recomputed from it (`domain.reserved`): a pod whose `podckpt.io/claim` says otherwise
+gets a `ClaimRefused` Warning and no volume.
 
 A pod whose PVC was not usable at admission carries the scheduling gate
 `<domain>/checkpoint-volume` (`webhook.claimgate`). For each injected pod (`settle`):
@@ -34,7 +36,8 @@ from podckpt.operator.domain.claims import (
     claim_state,
     describe,
 )
-from podckpt.operator.domain.identity import Identity, Owner, controller_owner, top_level_owner
+from podckpt.operator.domain.identity import Owner, controller_owner, top_level_owner
+from podckpt.operator.domain.reserved import UntrustedClaim, trusted_claim
 from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
 
 from . import events, volumes
@@ -113,8 +116,8 @@ async def _create(
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     namespace = meta.get("namespace") or ""
-    claim = annotations[op.annotation("claim")]
-    identity = Identity.decode(annotations[op.annotation("identity")])
+    trusted = trusted_claim(pod, op.annotation("claim"), op.annotation("slot"))
+    claim, identity = trusted.claim, trusted.identity
     try:
         settings = parse_settings(
             dict(meta.get("labels") or {}),
@@ -212,6 +215,20 @@ async def settle(
     meta = pod.get("metadata") or {}
     claim = (meta.get("annotations") or {}).get(op.annotation("claim"))
     if not claim or meta.get("deletionTimestamp"):
+        return
+    try:
+        # Never a name an annotation asks for: the claim podckpt would have chosen for this
+        # pod, recomputed from it (docs/security.md, "Reserved keys").
+        trusted_claim(pod, op.annotation("claim"), op.annotation("slot"))
+    except UntrustedClaim as exc:
+        logger.warning("no volume for pod %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
+        refused = events.PodEvent(
+            events.WARNING,
+            "ClaimRefused",
+            f"podckpt creates no volume for this pod: {exc}. podckpt.io/* keys are written by"
+            " podckpt's webhook only",
+        )
+        await announce(state, pod, refused, meta.get("uid") or "")
         return
     namespace = meta.get("namespace") or ""
     key = (namespace, claim)

@@ -2,7 +2,11 @@
 Secrets and ReplicaSets, creating PVCs, listing and reading logs.
 
 It is built from the same credentials as kopf (`kopf.ConnectionInfo`, obtained in the login
-handler), so both clients act as the same service account with the same RBAC.
+handler), so both clients act as the same service account with the same RBAC. Like client-go
+and kopf, it logs in again when its token may have changed: at most every
+`REFRESH_SECONDS` (the kubelet rotates a projected service-account token file well before it
+expires) and at once when the API server answers 401 (a token revoked or expired), then the
+request is retried once.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -43,20 +49,64 @@ class ApiError(Exception):
         return self.status in (429, 500, 502, 503, 504)
 
 
-class KubeAPI:
-    """GET/POST/PATCH against the API server with kopf's credentials."""
+logger = logging.getLogger(__name__)
 
-    def __init__(self, info: kopf.ConnectionInfo, *, timeout: float = 10.0) -> None:
-        headers = dict(info.as_http_headers())
-        headers.setdefault("User-Agent", "podckpt")
-        if info.username and info.password:
-            headers["Authorization"] = aiohttp.encode_basic_auth(info.username, info.password)
+#: A token is re-read at most this often without a 401 (client-go re-reads the projected
+#: service-account token file every minute).
+REFRESH_SECONDS = 60.0
+
+Login = Callable[[], "kopf.ConnectionInfo | None"]
+
+
+def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
+    headers = dict(info.as_http_headers())
+    headers.setdefault("User-Agent", "podckpt")
+    if info.username and info.password:
+        headers["Authorization"] = aiohttp.encode_basic_auth(info.username, info.password)
+    return headers
+
+
+class KubeAPI:
+    """GET/POST/PATCH against the API server with kopf's credentials.
+
+    `login` (the operator's login handler) is called again for fresh credentials: when the
+    API server refuses the token (401) and every `refresh_seconds`."""
+
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        *,
+        timeout: float = 10.0,
+        login: Login | None = None,
+        refresh_seconds: float = REFRESH_SECONDS,
+    ) -> None:
         self._server = info.server.rstrip("/")
+        self._headers = _auth_headers(info)
+        self._login = login
+        self._refresh_seconds = refresh_seconds
+        self._logged_in = time.monotonic()
+        self.relogins = 0
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
-            headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
+
+    def _relogin(self, why: str) -> bool:
+        """New credentials from the login handler; False when there are none or no change."""
+        if self._login is None:
+            return False
+        self._logged_in = time.monotonic()
+        info = self._login()
+        if info is None:
+            logger.warning("re-login (%s): no credentials", why)
+            return False
+        headers = _auth_headers(info)
+        changed = headers != self._headers
+        self._headers = headers
+        if changed:
+            self.relogins += 1
+            logger.info("re-login (%s): new credentials", why)
+        return changed
 
     async def close(self) -> None:
         await self._session.close()
@@ -75,36 +125,47 @@ class KubeAPI:
         if params:
             url += "?" + urlencode(params)
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if data is not None else None
+        if time.monotonic() - self._logged_in > self._refresh_seconds:
+            self._relogin("periodic")
         # A GET is sent again once when the connection breaks: a pooled keep-alive connection
         # that the API server closed (it restarted) fails only the request that reuses it.
-        attempts = 2 if method == "GET" else 1
-        for attempt in range(attempts):
+        # A 401 is sent again once with fresh credentials (a rotated token).
+        broken_attempts = 2 if method == "GET" else 1
+        relogged = False
+        attempt = 0
+        while True:
+            headers = dict(self._headers)
+            if data is not None:
+                headers["Content-Type"] = content_type
             try:
-                return await self._send(method, url, data, headers, text=text)
+                status, reason, payload = await self._send(method, url, data, headers)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                if attempt + 1 < attempts:
+                attempt += 1
+                if attempt < broken_attempts:
                     continue
                 # No answer at all: as transient as a 503 (the API server restarts, or a
                 # load balancer in front of it switches), so callers retry it alike.
                 raise ApiError(503, UNREACHABLE, f"{method} {path}: {exc!r}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+            if status == 401 and not relogged and self._relogin("401 Unauthorized"):
+                relogged = True
+                continue
+            break
+        if status >= 400:
+            message = payload[:500]
+            try:
+                answer = json.loads(payload)
+                reason = answer.get("reason", reason)
+                message = answer.get("message", message)
+            except (ValueError, AttributeError):
+                pass
+            raise ApiError(status, reason, message)
+        return payload if text else json.loads(payload)
 
     async def _send(
-        self, method: str, url: str, data: str | None, headers: dict[str, str] | None, *, text: bool
-    ) -> Any:
+        self, method: str, url: str, data: str | None, headers: dict[str, str]
+    ) -> tuple[int, str, str]:
         async with self._session.request(method, url, data=data, headers=headers) as response:
-            payload = await response.text()
-            if response.status >= 400:
-                reason, message = response.reason or "", payload[:500]
-                try:
-                    status = json.loads(payload)
-                    reason = status.get("reason", reason)
-                    message = status.get("message", message)
-                except ValueError:
-                    pass
-                raise ApiError(response.status, reason, message)
-            return payload if text else json.loads(payload)
+            return response.status, response.reason or "", await response.text()
 
     async def get(self, path: str, **params: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("GET", path, params=params)

@@ -54,10 +54,12 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 def connect(settings: kopf.OperatorSettings) -> KubeAPI:
+    """Our API client, which logs in again (as kopf does) when its token is refused or may
+    have been rotated."""
     info = login(logger=logger, settings=settings)
     if info is None:
         raise kopf.PermanentError("no credentials: neither a service account nor a kubeconfig")
-    return KubeAPI(info)
+    return KubeAPI(info, login=lambda: login(logger=logger, settings=settings))
 
 
 def run(

@@ -29,6 +29,7 @@ from podckpt.operator.settings import OperatorSettings
 from . import server
 from .handlers import WebhookState, register
 from .imageconfig import ImageConfigResolver
+from .pullsecrets import PullSecrets
 from .slots import SlotBook
 
 logger = logging.getLogger("podckpt.operator.webhook")
@@ -62,8 +63,11 @@ def build(op: OperatorSettings) -> tuple[kopf.OperatorRegistry, kopf.OperatorSet
             cache_size=op.image_config_cache_size,
             timeout=op.registry_timeout_seconds,
             platform=(op.platform_os, op.platform_architecture),
+            max_reply_bytes=op.registry_max_reply_bytes,
+            token_hosts=op.registry_token_hosts,
         ),
         slots=SlotBook(op.slot_reservation_seconds),
+        secrets=PullSecrets(f"{op.operator_namespace}:{op.webhook_service_account}"),
     )
     memo = kopf.Memo(podckpt=state)
     register(registry)

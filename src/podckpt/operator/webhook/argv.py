@@ -24,11 +24,14 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class ImageArgv:
-    """ENTRYPOINT and CMD of an image config, and the manifest digest they were read from."""
+    """ENTRYPOINT, CMD and USER of an image config, and the manifest digest they were read
+    from."""
 
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...]
     digest: str = ""
+    #: `USER` as the image config writes it: "", a name or uid, optionally `:group`.
+    user: str = ""
 
 
 class EmptyArgvError(ValueError):

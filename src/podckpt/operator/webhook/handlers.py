@@ -9,8 +9,10 @@ flight (docs/operator.md, "Why admission bypasses kopf's webhook machinery").
 
 Reads only, but for one side effect (`sideEffects: NoneOnDryRun`): Events on a workload about
 its pods' refusals and mistakes (`report`), never for a dry-run. Namespace labels come from a
-watch, slot holders from a LIST, pull Secrets, checkpoint PVCs (their state, and the dump
-throughput measured on them) and ReplicaSets from GETs.
+watch, slot holders from a LIST, checkpoint PVCs (their state, and the dump throughput
+measured on them) and ReplicaSets from GETs, pull Secrets from GETs (`pullsecrets`: only the
+pod's own namespace, only where that namespace granted it). Everything an admission waits for
+ends within `admission_deadline_seconds`, inside the webhook's `timeoutSeconds`.
 """
 
 from __future__ import annotations
@@ -35,15 +37,14 @@ from podckpt.operator.settings import OperatorSettings
 
 from . import claimgate, mutate
 from .argv import EmptyArgvError, ImageArgv
-from .imageconfig import Credential, ImageConfigError, ImageConfigResolver, credentials_from_secrets
+from .imageconfig import ImageConfigError, ImageConfigResolver
+from .pullsecrets import PullSecretError, PullSecrets
 from .report import REFUSED, Reporter
 from .report import WARNING as MISTAKE
 from .review import AdmissionRequest, AdmissionReview, AdmissionReviewResponse, Status, respond
 from .slots import SlotBook
 
 logger = logging.getLogger(__name__)
-
-_SECRET_TTL = 30.0
 
 
 @dataclasses.dataclass
@@ -53,10 +54,8 @@ class WebhookState:
     op: OperatorSettings
     resolver: ImageConfigResolver
     slots: SlotBook
+    secrets: PullSecrets
     api: KubeAPI | None = None
-    secrets: dict[tuple[str, str], tuple[float, Mapping[str, Any] | None]] = dataclasses.field(
-        default_factory=dict
-    )
     #: Namespace name -> (labels, annotations), kept by the namespace watch.
     namespaces: dict[str, tuple[dict[str, str], dict[str, str]]] = dataclasses.field(
         default_factory=dict
@@ -176,40 +175,15 @@ async def choose_slot(
     return choice
 
 
-async def _pull_credentials(
-    state: WebhookState, namespace: str, spec: Mapping[str, Any]
-) -> dict[str, Credential]:
-    secrets: list[Mapping[str, Any]] = []
-    now = time.monotonic()
-    for ref in spec.get("imagePullSecrets") or ():
-        name = ref.get("name")
-        if not name:
-            continue
-        cached = state.secrets.get((namespace, name))
-        if cached is not None and cached[0] > now:
-            body = cached[1]
-        else:
-            body = None
-            if state.api is not None:
-                try:
-                    body = await state.api.get(namespaced("secrets", namespace, name))
-                except ApiError as exc:
-                    if not exc.not_found:
-                        raise Denied(
-                            f"podckpt: cannot read imagePullSecret {name}: {exc}", code=500
-                        ) from None
-            state.secrets[(namespace, name)] = (now + _SECRET_TTL, body)
-        if body is not None:
-            secrets.append(body)
-    return credentials_from_secrets(secrets)
-
-
 async def _resolve_images(
     state: WebhookState, namespace: str, pod: Mapping[str, Any], images: Mapping[str, str]
 ) -> dict[str, ImageArgv]:
     if not images:
         return {}
-    credentials = await _pull_credentials(state, namespace, pod.get("spec", {}))
+    try:
+        credentials = await state.secrets.credentials(state.api, namespace, pod.get("spec", {}))
+    except PullSecretError as exc:
+        raise Denied(str(exc), code=exc.code) from None
 
     async def one(container: str, image: str) -> tuple[str, ImageArgv]:
         try:
@@ -233,8 +207,18 @@ async def admit(state: WebhookState, review: AdmissionReview) -> AdmissionReview
     namespace = request.get("namespace") or pod.get("metadata", {}).get("namespace", "")
     report = not request.get("dryRun")
     started = time.perf_counter()
+    deadline = state.op.admission_deadline_seconds
     try:
-        patch, warnings, mistakes = await _mutate(state, request)
+        async with asyncio.timeout(deadline):
+            patch, warnings, mistakes = await _mutate(state, request)
+    except TimeoutError:
+        state.denied += 1
+        message = (
+            f"podckpt: admission did not finish within {deadline:g} s (a registry or the API"
+            " server is slow); set `command` on the containers to need no registry, or retry"
+        )
+        logger.warning("denied pod in %s: %s", namespace, message)
+        return respond(uid, denied=Status(code=504, message=message))
     except Denied as exc:
         state.denied += 1
         logger.info("denied pod in %s: %s", namespace, exc)
@@ -260,7 +244,10 @@ async def _mutate(
     pod = request.get("object")
     if request.get("operation") != "CREATE" or request["kind"]["kind"] != "Pod" or not pod:
         return [], [], []
-    namespace = request.get("namespace") or pod.get("metadata", {}).get("namespace", "")
+    namespace = request.get("namespace") or ""
+    claimed = (pod.get("metadata") or {}).get("namespace")
+    if not namespace or (claimed and claimed != namespace):
+        raise Denied("podckpt: the request's namespace and the pod's namespace differ")
     known = state.namespaces.get(namespace)
     labels, annotations = known or await read_namespace(state, namespace)
     try:
@@ -293,7 +280,7 @@ async def _mutate(
         gate = state.op.scheduling_gate and check.gate
         measured = check.measured_bytes_per_second
     try:
-        mutated = mutate.build(
+        mutated, built_warnings = mutate.build_with_warnings(
             pod,
             plan,
             images,
@@ -304,6 +291,8 @@ async def _mutate(
         )
     except EmptyArgvError as exc:
         raise Denied(f"podckpt: {exc}") from None
+    except mutate.DeniedError as exc:
+        raise Denied(str(exc)) from None
     patch = mutate.make_patch(pod, mutated)
     state.admitted += 1
     logger.info(
@@ -316,7 +305,7 @@ async def _mutate(
         ", waits for its volume" if gate else "",
         (time.perf_counter() - started) * 1000,
     )
-    return patch, list(plan.warnings), list(plan.mistakes)
+    return patch, [*plan.warnings, *built_warnings], list(plan.mistakes)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

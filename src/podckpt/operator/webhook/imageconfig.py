@@ -1,6 +1,7 @@
 """ENTRYPOINT and CMD of an image, read from its registry (OCI distribution API).
 
-Only the manifest and the config blob are fetched (a few KiB), never layers. Authentication:
+Only the manifest and the config blob are fetched (a few KiB), never layers; every reply is
+size-limited and token realms and redirects are checked (`registryhttp`). Authentication:
 the pod's imagePullSecrets (`kubernetes.io/dockerconfigjson` or `dockercfg`), basic or bearer
 token challenge. Multi-platform images are resolved to the node platform configured in the
 operator settings. Caches: a tag resolves to a digest for `tag_cache_seconds`, keyed by the
@@ -11,12 +12,9 @@ configs are kept by manifest digest (content addressed, never stale).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import dataclasses
 import hashlib
-import ipaddress
 import json
 import re
 import time
@@ -25,10 +23,10 @@ from typing import Any
 
 import aiohttp
 
+from . import registryhttp
 from .argv import ImageArgv
+from .registryhttp import DOCKER_HUB, HUB_ALIASES, Credential, RegistryReplyError
 
-DOCKER_HUB = "docker.io"
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 _HUB_ENDPOINT = "registry-1.docker.io"
 
 MANIFEST_TYPES = (
@@ -39,6 +37,7 @@ MANIFEST_TYPES = (
 )
 _INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class ImageConfigError(Exception):
@@ -72,7 +71,7 @@ def parse_reference(image: str) -> ImageRef:
         registry, path = head, rest
     else:
         registry, path = DOCKER_HUB, name
-    if registry in _HUB_ALIASES:
+    if registry in HUB_ALIASES:
         registry = DOCKER_HUB
     tag: str | None = None
     last = path.rsplit("/", 1)[-1]
@@ -87,61 +86,6 @@ def parse_reference(image: str) -> ImageRef:
     return ImageRef(registry, path, tag, digest or None)
 
 
-@dataclasses.dataclass(frozen=True)
-class Credential:
-    username: str
-    password: str
-
-
-def credentials_from_secrets(secrets: Iterable[Mapping[str, Any]]) -> dict[str, Credential]:
-    """Registry host -> credential, from pull Secrets (first secret wins, as the kubelet)."""
-    found: dict[str, Credential] = {}
-    for secret in secrets:
-        data = secret.get("data") or {}
-        try:
-            if ".dockerconfigjson" in data:
-                auths = json.loads(base64.b64decode(data[".dockerconfigjson"])).get("auths", {})
-            elif ".dockercfg" in data:
-                auths = json.loads(base64.b64decode(data[".dockercfg"]))
-            else:
-                continue
-        except (ValueError, binascii.Error):
-            continue
-        for key, entry in (auths or {}).items():
-            host = _host_of(key)
-            credential = _credential(entry)
-            if credential is not None and host not in found:
-                found[host] = credential
-    return found
-
-
-def _host_of(key: str) -> str:
-    host = re.sub(r"^https?://", "", key).split("/", 1)[0]
-    return DOCKER_HUB if host in _HUB_ALIASES else host
-
-
-def _credential(entry: Mapping[str, Any]) -> Credential | None:
-    if entry.get("username") is not None and entry.get("password") is not None:
-        return Credential(str(entry["username"]), str(entry["password"]))
-    if entry.get("auth"):
-        try:
-            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-        except (ValueError, binascii.Error):
-            return None
-        return Credential(user, password)
-    return None
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class ImageConfigResolver:
     """Reads and caches image configs; one per webhook process."""
 
@@ -153,8 +97,12 @@ class ImageConfigResolver:
         cache_size: int = 2048,
         timeout: float = 8.0,
         platform: tuple[str, str] = ("linux", "amd64"),
+        max_reply_bytes: int = registryhttp.DEFAULT_MAX_BYTES,
+        token_hosts: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self._insecure = set(insecure_registries)
+        self._max_bytes = max_reply_bytes
+        self._token_hosts = dict(token_hosts or {})
         self._tag_ttl = tag_cache_seconds
         self._cache_size = cache_size
         self._timeout = timeout
@@ -193,24 +141,22 @@ class ImageConfigResolver:
         if cached is not None and cached[0] > now and cached[1] in self._configs:
             self._configs.move_to_end(cached[1])
             return self._configs[cached[1]]
-        # Concurrent admissions of the same image share one registry round trip.
+        # Concurrent admissions of the same image share one registry round trip. The fetch is
+        # a task of its own: an admission that gives up (its deadline) does not cancel it for
+        # the others, and each request's own timeout bounds it.
         pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ImageArgv] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            result = await self._fetch(ref, credential)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(result)
-            self._remember(key, result)
-            return result
-        finally:
-            del self._inflight[key]
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(ref, credential))
+            self._inflight[key] = pending
+            pending.add_done_callback(lambda task: self._fetched(key, task))
+        return await asyncio.shield(pending)
+
+    def _fetched(self, key: tuple[str, ...], task: asyncio.Future[ImageArgv]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled():
+            return
+        if task.exception() is None:  # also marks a failure as retrieved
+            self._remember(key, task.result())
 
     def _remember(self, key: tuple[str, ...], config: ImageArgv) -> None:
         self._configs[config.digest] = config
@@ -230,30 +176,35 @@ class ImageConfigResolver:
             if manifest.get("mediaType") in _INDEX_TYPES or "manifests" in manifest:
                 chosen = self._choose_platform(manifest, name)
                 manifest, digest = await self._manifest(ref, chosen, credential)
-            config_digest = (manifest.get("config") or {}).get("digest")
+            config_ref = manifest.get("config")
+            config_digest = config_ref.get("digest") if isinstance(config_ref, dict) else None
             if not config_digest:
                 raise ImageConfigError(f"image {name}: manifest has no config (schema 1?)")
+            _check_digest(config_digest, name)
             cached = self._configs.get(digest)
             if cached is not None:
                 return cached
             raw = await self._get(ref, f"blobs/{config_digest}", credential, accept=None)
-            config = json.loads(raw).get("config") or {}
+            if "sha256:" + hashlib.sha256(raw).hexdigest() != config_digest:
+                raise ImageConfigError(f"image {name}: config blob does not match its digest")
+            document = json.loads(raw)
+            config = document.get("config") if isinstance(document, dict) else None
+            return _image_argv(config or {}, digest, name)
+        except RegistryReplyError as exc:
+            raise ImageConfigError(f"image {name}: {exc}") from None
         except aiohttp.ClientError as exc:
             raise ImageConfigError(f"image {name}: registry unreachable ({exc})") from None
         except TimeoutError:
             raise ImageConfigError(f"image {name}: registry timed out") from None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: a JSON nesting bomb
             raise ImageConfigError(f"image {name}: malformed registry answer ({exc})") from None
-        return ImageArgv(
-            tuple(config.get("Entrypoint") or ()), tuple(config.get("Cmd") or ()), digest
-        )
 
     def _choose_platform(self, index: Mapping[str, Any], name: str) -> str:
         want_os, want_arch = self._platform
         for entry in index.get("manifests") or ():
             platform = entry.get("platform") or {}
             if platform.get("os") == want_os and platform.get("architecture") == want_arch:
-                return str(entry["digest"])
+                return _check_digest(entry.get("digest"), name)
         raise ImageConfigError(f"image {name}: no manifest for platform {want_os}/{want_arch}")
 
     async def _manifest(
@@ -263,11 +214,18 @@ class ImageConfigResolver:
             ref, f"manifests/{reference}", credential, accept=", ".join(MANIFEST_TYPES)
         )
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        manifest: dict[str, Any] = json.loads(raw)
+        if reference.startswith("sha256:") and digest != reference:
+            raise ImageConfigError(f"manifest {reference} does not match its digest")
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict):
+            raise ImageConfigError(f"manifest {reference} is not a JSON object")
         return manifest, digest
 
+    def _plain_http(self, ref: ImageRef) -> bool:
+        return ref.registry in self._insecure or registryhttp.is_loopback(ref.registry)
+
     def _base(self, ref: ImageRef) -> str:
-        insecure = ref.registry in self._insecure or _is_loopback(ref.registry)
+        insecure = self._plain_http(ref)
         return f"{'http' if insecure else 'https'}://{ref.endpoint}/v2/{ref.repository}/"
 
     async def _get(
@@ -281,26 +239,27 @@ class ImageConfigResolver:
             if authorization:
                 headers["Authorization"] = authorization
             self.fetches += 1
-            async with self._http().get(url, headers=headers) as response:
-                if response.status == 401 and _attempt == 0:
-                    challenge = response.headers.get("WWW-Authenticate", "")
-                    authorization = await self._authorize(ref, challenge, scope, credential)
-                    continue
-                if response.status == 404:
-                    raise ImageConfigError(
-                        f"image {ref.registry}/{ref.repository}:{ref.reference}: not found"
-                    )
-                if response.status in (401, 403):
-                    raise ImageConfigError(
-                        f"image {ref.registry}/{ref.repository}: access denied"
-                        + ("" if credential else " (no imagePullSecret for this registry)")
-                    )
-                if response.status >= 400:
-                    raise ImageConfigError(
-                        f"image {ref.registry}/{ref.repository}: registry answered"
-                        f" {response.status}"
-                    )
-                return await response.read()
+            status, reply_headers, body = await registryhttp.get(
+                self._http(), url, headers=headers, max_bytes=self._max_bytes, what=path
+            )
+            if status == 401 and _attempt == 0:
+                challenge = reply_headers.get("WWW-Authenticate", "")
+                authorization = await self._authorize(ref, challenge, scope, credential)
+                continue
+            if status == 404:
+                raise ImageConfigError(
+                    f"image {ref.registry}/{ref.repository}:{ref.reference}: not found"
+                )
+            if status in (401, 403):
+                raise ImageConfigError(
+                    f"image {ref.registry}/{ref.repository}: access denied"
+                    + ("" if credential else " (no imagePullSecret for this registry)")
+                )
+            if status >= 400:
+                raise ImageConfigError(
+                    f"image {ref.registry}/{ref.repository}: registry answered {status}"
+                )
+            return body
         raise ImageConfigError(f"image {ref.registry}/{ref.repository}: authentication failed")
 
     def _cached_token(self, ref: ImageRef, scope: str, credential: Credential | None) -> str:
@@ -331,17 +290,32 @@ class ImageConfigResolver:
         realm = params.pop("realm", "")
         if not realm:
             raise ImageConfigError(f"registry {ref.registry}: bearer challenge without realm")
+        registryhttp.check_realm(
+            realm,
+            registry=ref.registry,
+            endpoint=ref.endpoint,
+            allowed_hosts=self._token_hosts,
+            insecure=self._plain_http(ref),
+        )
         query = {"scope": params.get("scope", scope)}
         if "service" in params:
             query["service"] = params["service"]
         token_headers = {"Authorization": basic} if basic else {}
-        async with self._http().get(realm, params=query, headers=token_headers) as response:
-            if response.status >= 400:
-                raise ImageConfigError(
-                    f"image {ref.registry}/{ref.repository}: token service answered"
-                    f" {response.status}"
-                )
-            body = await response.json(content_type=None)
+        status, _headers, raw = await registryhttp.get(
+            self._http(),
+            realm,
+            params=query,
+            headers=token_headers,
+            max_bytes=self._max_bytes,
+            what="token service",
+        )
+        if status >= 400:
+            raise ImageConfigError(
+                f"image {ref.registry}/{ref.repository}: token service answered {status}"
+            )
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ImageConfigError(f"registry {ref.registry}: malformed token answer")
         token = body.get("token") or body.get("access_token")
         if not token:
             raise ImageConfigError(f"registry {ref.registry}: token service gave no token")
@@ -352,6 +326,35 @@ class ImageConfigResolver:
             authorization,
         )
         return authorization
+
+
+def _check_digest(value: object, name: str) -> str:
+    """A digest from a registry reply goes into a URL path: only `sha256:<64 hex>`."""
+    if not isinstance(value, str) or not _DIGEST.match(value):
+        raise ImageConfigError(f"image {name}: malformed digest {str(value)[:80]!r}")
+    return value
+
+
+def _strings(value: object, field: str, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ImageConfigError(f"image {name}: config {field} is not a list of strings")
+    return tuple(value)
+
+
+def _image_argv(config: Mapping[str, Any], digest: str, name: str) -> ImageArgv:
+    if not isinstance(config, Mapping):
+        raise ImageConfigError(f"image {name}: config is not a JSON object")
+    user = config.get("User") or ""
+    if not isinstance(user, str):
+        raise ImageConfigError(f"image {name}: config User is not a string")
+    return ImageArgv(
+        _strings(config.get("Entrypoint"), "Entrypoint", name),
+        _strings(config.get("Cmd"), "Cmd", name),
+        digest,
+        user=user,
+    )
 
 
 def _fingerprint(credential: Credential | None) -> str:

@@ -27,12 +27,13 @@ from podckpt.api import (
     parse_settings,
     qualified,
 )
-from podckpt.operator.domain import gpu, sizing
+from podckpt.operator.domain import gpu, reserved, sizing
 from podckpt.operator.domain.identity import Identity, WorkloadKind, resolve_identity
 from podckpt.operator.domain.revision import revision as workload_revision
 from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
 
+from . import security as sec
 from .argv import ImageArgv, escape_expansion, needs_image, original_argv
 from .review import diff
 from .transparency import ContainerDenied, ContainerNeeds, plan_containers
@@ -44,14 +45,25 @@ INJECTION_VERSION = "v1"
 
 BUNDLE_VOLUME = "podckpt-bundle"
 META_VOLUME = "podckpt-meta"
-STORE_VOLUME = "podckpt-store"
+STORE_VOLUME = reserved.STORE_VOLUME  # the controller checks for it
 #: The namespace's store key Secret, mounted into the bundle init container only.
 STORE_KEY_VOLUME = "podckpt-store-key"
 STORE_KEY_SECRET_MOUNT = "/podckpt-store-key"  # noqa: S105 - a path
+#: The agents' run directories (one subPath per container) and the user probes' answers.
+RUN_VOLUME = "podckpt-run"
+USER_VOLUME = "podckpt-user"
+RESERVED_VOLUMES = (
+    BUNDLE_VOLUME,
+    META_VOLUME,
+    STORE_VOLUME,
+    STORE_KEY_VOLUME,
+    RUN_VOLUME,
+    USER_VOLUME,
+)
 BUNDLE_INIT_CONTAINER = "podckpt-bundle"
+#: Names of podckpt's own init containers start with this.
+RESERVED_CONTAINER_PREFIX = "podckpt-"
 POD_NAME_ENV = contract.Env.POD_NAME
-
-_POD_SECURITY_ENFORCE = "pod-security.kubernetes.io/enforce"
 
 
 class Mode(enum.StrEnum):
@@ -127,6 +139,16 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
         return Skip(f"namespace {namespace.name} is never injected")
     if is_injected(pod, op):
         return Skip("already injected")
+    reserved = sorted(
+        k
+        for k in (*_meta(pod, "labels"), *_meta(pod, "annotations"))
+        if k.startswith(op.domain + "/")
+    )
+    if reserved:
+        raise DeniedError(
+            f"{', '.join(reserved)}: {op.domain}/* labels and annotations are set by podckpt"
+            " only; remove them from the pod"
+        )
 
     # parse
     labels, annotations = _meta(pod, "labels"), _meta(pod, "annotations")
@@ -181,9 +203,10 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
                 )
             )
         )
-    for ours in (BUNDLE_VOLUME, META_VOLUME, STORE_VOLUME, STORE_KEY_VOLUME):
-        if ours in volume_names:
-            raise DeniedError(f"volume name {ours!r} is reserved for podckpt; rename the volume")
+    try:
+        sec.check_reserved_names(spec, RESERVED_VOLUMES, RESERVED_CONTAINER_PREFIX)
+    except sec.SecurityDenied as exc:
+        raise DeniedError(str(exc)) from None
 
     identity = resolve_identity(pod)
     if identity.kind is WorkloadKind.POD and settings.storage_volume is None:
@@ -222,20 +245,12 @@ def plan(pod: Mapping[str, Any], namespace: Namespace, op: OperatorSettings) -> 
     images = {
         name: by_name[name].get("image", "") for name in selected if needs_image(by_name[name])
     }
-    warnings.append(
-        "podckpt: checkpointed containers run with seccompProfile Unconfined and the"
-        " capabilities " + ", ".join(op.agent_capabilities) + " (CRIU cannot dump a process"
-        " under a seccomp filter)"
-    )
     mistakes = list(settings.warnings)
-    enforce = namespace.labels.get(_POD_SECURITY_ENFORCE)
-    if enforce and enforce != "privileged":
-        refusal = (
-            f"podckpt: namespace {namespace.name} enforces the {enforce!r} Pod Security level,"
-            " which refuses Unconfined seccomp and added capabilities; use 'privileged'"
-        )
-        warnings.append(refusal)
-        mistakes.append(refusal)
+    refusal = sec.pod_security_refusal(namespace.name, namespace.labels, selected)
+    if refusal is not None:
+        if mode is Mode.ACTIVE:
+            raise DeniedError(refusal)
+        return Skip("the namespace's Pod Security level refuses injected pods", (refusal,))
     checkpointed = [by_name[name] for name in selected]
     per_gpu = gpu.pod_gpu_memory(
         spec, checkpointed, settings.gpu_memory, op.assumed_gpu_memory_bytes
@@ -319,12 +334,35 @@ def build(
     gate: bool = False,
     measured_bytes_per_second: int | None = None,
 ) -> Pod:
-    """The rewritten pod. `images` holds the config of every image in `plan.images`; `slot`
-    (the slot and its pod name) is required for Deployment and ReplicaSet pods; `gate`: the
-    pod waits for its checkpoint volume (a scheduling gate the controller removes);
-    `measured_bytes_per_second`: the dump throughput the agent measured on this identity's
-    volume (`sizing.MEASURED_THROUGHPUT`), used for the grace period instead of the assumed
-    one."""
+    """The rewritten pod (see `build_with_warnings`)."""
+    return build_with_warnings(
+        pod,
+        plan,
+        images,
+        op,
+        slot=slot,
+        gate=gate,
+        measured_bytes_per_second=measured_bytes_per_second,
+    )[0]
+
+
+def build_with_warnings(
+    pod: Mapping[str, Any],
+    plan: Plan,
+    images: Mapping[str, ImageArgv],
+    op: OperatorSettings,
+    *,
+    slot: SlotChoice | None = None,
+    gate: bool = False,
+    measured_bytes_per_second: int | None = None,
+) -> tuple[Pod, list[str]]:
+    """The rewritten pod and what the user is told about it. `images` holds the config of
+    every image in `plan.images`; `slot` (the slot and its pod name) is required for
+    Deployment and ReplicaSet pods; `gate`: the pod waits for its checkpoint volume (a
+    scheduling gate the controller removes); `measured_bytes_per_second`: the dump throughput
+    the agent measured on this identity's volume (`sizing.MEASURED_THROUGHPUT`), used for the
+    grace period instead of the assumed one. Raises DeniedError where the pod's security
+    settings cannot be kept."""
     new: Pod = copy.deepcopy(dict(pod))
     meta = new.setdefault("metadata", {})
     spec = new.setdefault("spec", {})
@@ -386,31 +424,49 @@ def build(
             }
         )
 
-    spec.setdefault("initContainers", []).insert(0, _bundle_init_container(op))
     if gate and storage_volume is None:
         spec.setdefault("schedulingGates", []).append({"name": op.gate_name})
+    volumes.append({"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
 
     key = store_key(identity)
-    pod_security: Mapping[str, Any] = spec.get("securityContext") or {}
     # From the pod as submitted: podckpt's rewrite is no part of the user's revision.
     revisions = {
         c["name"]: workload_revision(pod, c)
         for c in (pod.get("spec") or {}).get("containers") or ()
         if c.get("name") in plan.containers
     }
+    probes: list[dict[str, Any]] = []
+    warnings: list[str] = []
     for container in spec.get("containers") or ():
-        if container["name"] in plan.containers:
-            _wrap(
-                container,
-                image=images.get(container["name"]),
-                revision=revisions[container["name"]],
-                namespace_keys=plan.namespace_keys,
-                store_key=key,
-                store_volume=store_volume,
-                pod_security=pod_security,
-                op=op,
-                needs=plan.needs.get(container["name"]),
+        if container["name"] not in plan.containers:
+            continue
+        image = images.get(container["name"])
+        try:
+            user = sec.user_plan(container, spec, image)
+        except sec.SecurityDenied as exc:
+            raise DeniedError(f"podckpt: {exc}") from None
+        if user.probe:
+            probes.append(
+                sec.probe_container(
+                    container, len(probes), bundle_volume=BUNDLE_VOLUME, user_volume=USER_VOLUME
+                )
             )
+        secured = _wrap(
+            container,
+            image=image,
+            user=user,
+            revision=revisions[container["name"]],
+            namespace_keys=plan.namespace_keys,
+            store_key=key,
+            store_volume=store_volume,
+            spec=spec,
+            op=op,
+            needs=plan.needs.get(container["name"]),
+        )
+        warnings.append(secured.warning(container["name"]))
+    if probes:
+        volumes.append({"name": USER_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+    spec.setdefault("initContainers", [])[0:0] = [_bundle_init_container(op), *probes]
 
     memory = sizing.checkpointed_memory(
         (c for c in spec.get("containers") or () if c["name"] in plan.containers),
@@ -434,7 +490,7 @@ def build(
             container["env"].append({"name": contract.Env.GRACE_PERIOD, "value": str(final)})
     if measured_bytes_per_second:
         annotations[op.annotation(sizing.MEASURED_THROUGHPUT)] = str(measured_bytes_per_second)
-    return new
+    return new, warnings
 
 
 def _bundle_init_container(op: OperatorSettings) -> dict[str, Any]:
@@ -474,17 +530,23 @@ def _wrap(
     image: ImageArgv | None,
     revision: str,
     namespace_keys: tuple[Mapping[str, str], Mapping[str, str]],
+    user: sec.AppUserPlan,
     store_key: str,
     store_volume: str,
-    pod_security: Mapping[str, Any],
+    spec: Mapping[str, Any],
     op: OperatorSettings,
     needs: ContainerNeeds | None = None,
-) -> None:
+) -> sec.Secured:
     name = container["name"]
     defaults = None
     if namespace_keys[0] or namespace_keys[1]:
         # JSON in `command`: the kubelet would expand `$(VAR)` in it, `$$` is a `$`.
         defaults = escape_expansion(contract.namespace_defaults_text(*namespace_keys))
+    # Only what this container asked for beyond that: tcp-established (NET_ADMIN), an own IPC
+    # namespace or the io_uring filter (SYS_ADMIN): webhook/transparency.py.
+    extra = ["CAP_" + c.removeprefix("CAP_") for c in needs.capabilities] if needs else []
+    needed = sec.needed_capabilities(user, extra, base=op.agent_capabilities)
+    secured = sec.secure(container, spec, user, needed)
     run = contract.RunCommand(
         argv=tuple(original_argv(container, image)),
         store=f"{contract.STORE_MOUNT}/{store_key}/{name}",
@@ -493,6 +555,12 @@ def _wrap(
         annotations_file=contract.ANNOTATIONS_FILE,
         revision=revision,
         namespace_defaults=defaults,
+        user=user.user,
+        user_probe=contract.user_probe_file(name) if user.probe else None,
+        groups=user.groups,
+        strict_groups=user.strict_groups,
+        non_root=user.non_root,
+        drop_capabilities=secured.drop_for_app,
     )
     container["command"], container["args"] = run.container_command()
 
@@ -500,6 +568,10 @@ def _wrap(
     mounts.append({"name": BUNDLE_VOLUME, "mountPath": contract.BUNDLE_MOUNT, "readOnly": True})
     mounts.append({"name": META_VOLUME, "mountPath": contract.META_MOUNT, "readOnly": True})
     mounts.append({"name": store_volume, "mountPath": contract.STORE_MOUNT})
+    # Its own subdirectory only: no other container sees this agent's control socket.
+    mounts.append({"name": RUN_VOLUME, "mountPath": contract.RUN_MOUNT, "subPath": name})
+    if user.probe:
+        mounts.append({"name": USER_VOLUME, "mountPath": contract.USER_MOUNT, "readOnly": True})
 
     ours = set(contract.AGENT_ENV)
     env = [e for e in container.get("env") or () if e.get("name") not in ours]
@@ -509,8 +581,6 @@ def _wrap(
         env.append(
             {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
         )
-    container["env"] = env
-
     # A checkpoint is restored only into a container of the same image and argv, and never
     # into the pod that made it (a container restarted inside its pod starts fresh).
     env.append({"name": contract.Env.IMAGE, "value": str(container.get("image", ""))})
@@ -526,32 +596,8 @@ def _wrap(
         env.append({"name": contract.Env.KEY_PREFIX, "value": key_prefix()})
     if needs is not None:
         env += needs.env()
-
-    security = container.setdefault("securityContext", {})
-    # The agent runs as root; the user the application ran as is handed to it, so that it
-    # can run the application (and CRIU's dump) under that user, which needs more
-    # capabilities (for the agent only: the application gets none, as a non-root process).
-    original_user = security.get("runAsUser", pod_security.get("runAsUser"))
-    original_group = security.get("runAsGroup", pod_security.get("runAsGroup"))
-    needed = list(op.agent_capabilities)
-    if original_user not in (None, 0) or original_group not in (None, 0):
-        needed += [contract.kubernetes_capability(c) for c in contract.USER_DUMP_CAPABILITIES]
-    if needs is not None:
-        # Only what this container asked for: tcp-established, an own IPC namespace, io_uring.
-        needed += [c for c in needs.capabilities if c not in needed]
-    capabilities = security.setdefault("capabilities", {})
-    add = list(capabilities.get("add") or ())
-    add += [cap for cap in needed if cap not in add]
-    capabilities["add"] = add
-    if capabilities.get("drop"):
-        capabilities["drop"] = [c for c in capabilities["drop"] if c not in needed]
-    security["seccompProfile"] = {"type": "Unconfined"}
-    if original_user not in (None, 0):
-        env.append({"name": contract.Env.APP_UID, "value": str(original_user)})
-    if original_group not in (None, 0):
-        env.append({"name": contract.Env.APP_GID, "value": str(original_group)})
-    security["runAsUser"] = 0
-    security["runAsNonRoot"] = False
+    container["env"] = env
+    return secured
 
 
 def make_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
