@@ -54,7 +54,12 @@ CHART = REPO / "charts" / "podckpt"
 NAMESPACE = "podckpt-system"
 RELEASE = "podckpt"
 DEPLOYMENTS = ("podckpt-webhook", "podckpt-controller")
-CLUSTER_ROLES = ("podckpt-webhook", "podckpt-controller", "podckpt-uninstall")
+CLUSTER_ROLES = (
+    "podckpt-webhook",
+    "podckpt-webhook-pull-secrets",
+    "podckpt-controller",
+    "podckpt-uninstall",
+)
 API_HOSTNAME = "kubernetes.default.svc"
 
 
@@ -278,6 +283,13 @@ def uninstall(cluster: NodeClusterLike, *, wait: bool = False) -> None:
         # by name too: the apiserver tier's harness applies them without the label
         out += [f"{kind}/{name}" for name in CLUSTER_ROLES]
         cluster.kubectl("delete", *sorted(set(out)), "--ignore-not-found", check=False)
+    cluster.kubectl(
+        "delete",
+        f"validatingadmissionpolicybinding/{RESERVED_KEYS_POLICY}",
+        f"validatingadmissionpolicy/{RESERVED_KEYS_POLICY}",
+        "--ignore-not-found",
+        check=False,
+    )
 
 
 def set_key_prefix(cluster: NodeClusterLike, prefix: str, timeout: float = 240) -> None:
