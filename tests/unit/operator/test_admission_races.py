@@ -18,6 +18,7 @@ from podckpt.operator.kube.api import ApiError
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.handlers import WebhookState, admit
 from podckpt.operator.webhook.imageconfig import ImageConfigResolver
+from podckpt.operator.webhook.pullsecrets import PullSecrets
 from podckpt.operator.webhook.slots import SlotBook
 
 ON = {"memverge.ai/checkpoint-mode": "true"}
@@ -57,7 +58,12 @@ class FakeAPI:
 
 
 def _state(api: FakeAPI) -> WebhookState:
-    state = WebhookState(op=OperatorSettings(), resolver=ImageConfigResolver(), slots=SlotBook(5))
+    state = WebhookState(
+        op=OperatorSettings(),
+        resolver=ImageConfigResolver(),
+        slots=SlotBook(5),
+        secrets=PullSecrets("podckpt-system:podckpt-webhook"),
+    )
     state.api = api  # type: ignore[assignment]
     return state
 

@@ -19,6 +19,7 @@ from podckpt.operator.kube.api import ApiError, KubeAPI
 from podckpt.operator.settings import OperatorSettings
 
 ON = {"memverge.ai/checkpoint-mode": "true"}
+CLAIM = "podckpt-statefulset-db-0"
 
 
 def _closed_port() -> int:
@@ -80,11 +81,14 @@ class FlakyAPI:
 
 
 def _pod(make_pod: Any) -> dict[str, Any]:
-    pod: dict[str, Any] = make_pod(name="db-0", labels=ON, owner="statefulset")
+    # as the webhook injects it: the claim mounted as the store volume (the controller
+    # recomputes the claim and checks that, docs/security.md "Reserved keys")
+    store = {"name": "podckpt-store", "persistentVolumeClaim": {"claimName": CLAIM}}
+    pod: dict[str, Any] = make_pod(name="db-0", labels=ON, owner="statefulset", volumes=[store])
     pod["metadata"]["uid"] = "pod-uid-1"
     pod["metadata"]["annotations"] = {
         "podckpt.io/injected": "v1",
-        "podckpt.io/claim": "podckpt-statefulset-db-0",
+        "podckpt.io/claim": CLAIM,
         "podckpt.io/identity": "statefulset/db#0",
         "podckpt.io/containers": "app",
     }
