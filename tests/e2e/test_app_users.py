@@ -22,7 +22,7 @@ USER_IMAGE = "podckpt.local/e2e-user:1"
 
 
 @pytest.fixture(scope="module")
-def user_image(operator: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+def user_image(node_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
     """busybox whose image config says `USER app`, uid 1001 in the image's /etc/passwd."""
     root = tmp_path_factory.mktemp("user-image") / "rootfs"
     shutil.copytree(busybox_root(), root, symlinks=True)
@@ -32,7 +32,7 @@ def user_image(operator: Cluster, tmp_path_factory: pytest.TempPathFactory) -> s
         f.write("root:x:0:0:root:/root:/bin/sh\napp:x:1001:1001:app:/home/app:/bin/sh\n")
     with (etc / "group").open("a") as f:
         f.write("root:x:0:\napp:x:1001:\n")
-    return operator.load_image(root, USER_IMAGE, push=False, user="app")
+    return node_cluster.load_image(root, USER_IMAGE, push=False, user="app")
 
 
 def _statefulset(image: str) -> dict[str, Any]:
