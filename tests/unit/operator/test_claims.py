@@ -8,8 +8,9 @@ from typing import Any
 from podckpt.operator.controller.claims import gated
 from podckpt.operator.domain.claims import ClaimState, claim_state, describe
 from podckpt.operator.settings import OperatorSettings
-from podckpt.operator.webhook.mutate import Namespace as NS
-from podckpt.operator.webhook.mutate import Plan, build, plan
+from podckpt.operator.webhook.decide import Namespace as NS
+from podckpt.operator.webhook.decide import Plan, plan
+from podckpt.operator.webhook.inject import build
 
 WORKLOAD = "uid-new"
 

@@ -14,7 +14,8 @@ from podckpt.agent.supervisor import application_env
 from podckpt.api import contract
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.argv import ImageArgv
-from podckpt.operator.webhook.mutate import Namespace, Plan, build, plan
+from podckpt.operator.webhook.decide import Namespace, Plan, plan
+from podckpt.operator.webhook.inject import build
 
 ON = {"memverge.ai/checkpoint-mode": "true"}
 

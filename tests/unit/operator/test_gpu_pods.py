@@ -12,7 +12,8 @@ from podckpt.api import InvalidValueError, parse_settings
 from podckpt.operator.controller.volumes import claim_size
 from podckpt.operator.domain import gpu, sizing
 from podckpt.operator.settings import OperatorSettings
-from podckpt.operator.webhook.mutate import Namespace, Plan, build, plan
+from podckpt.operator.webhook.decide import Namespace, Plan, plan
+from podckpt.operator.webhook.inject import build
 
 ON = {"memverge.ai/checkpoint-mode": "true"}
 NS = Namespace("ns")

@@ -12,16 +12,8 @@ from podckpt.operator.domain.revision import revision
 from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.argv import ImageArgv
-from podckpt.operator.webhook.mutate import (
-    DeniedError,
-    Mode,
-    Namespace,
-    Plan,
-    Skip,
-    build,
-    make_patch,
-    plan,
-)
+from podckpt.operator.webhook.decide import DeniedError, Mode, Namespace, Plan, Skip, plan
+from podckpt.operator.webhook.inject import build, make_patch
 
 ON = {"memverge.ai/checkpoint-mode": "true"}
 NS = Namespace("ns")

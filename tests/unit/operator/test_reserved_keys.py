@@ -11,7 +11,8 @@ import pytest
 from podckpt.operator.domain.reserved import UntrustedClaim, trusted_claim
 from podckpt.operator.domain.slots import SlotChoice
 from podckpt.operator.settings import OperatorSettings
-from podckpt.operator.webhook.mutate import Namespace, Plan, build, plan
+from podckpt.operator.webhook.decide import Namespace, Plan, plan
+from podckpt.operator.webhook.inject import build
 
 ON = {"memverge.ai/checkpoint-mode": "true"}
 

@@ -9,7 +9,8 @@ import pytest
 
 from podckpt.api import contract
 from podckpt.operator.settings import OperatorSettings
-from podckpt.operator.webhook.mutate import DeniedError, Namespace, Plan, build, plan
+from podckpt.operator.webhook.decide import DeniedError, Namespace, Plan, plan
+from podckpt.operator.webhook.inject import build
 
 ON = {"memverge.ai/checkpoint-mode": "true"}
 NS = Namespace("ns")

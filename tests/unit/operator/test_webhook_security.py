@@ -11,15 +11,8 @@ import pytest
 from podckpt.api import contract
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.argv import ImageArgv
-from podckpt.operator.webhook.mutate import (
-    DeniedError,
-    Mode,
-    Namespace,
-    Plan,
-    Skip,
-    build_with_warnings,
-    plan,
-)
+from podckpt.operator.webhook.decide import DeniedError, Mode, Namespace, Plan, Skip, plan
+from podckpt.operator.webhook.inject import build_with_warnings
 
 ON = {"memverge.ai/checkpoint-mode": "true"}
 NS = Namespace("ns")

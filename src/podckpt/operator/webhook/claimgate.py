@@ -9,7 +9,7 @@ whose PVC is already there and its own (every replacement pod: the restore path)
 gated, so that a restore never waits for the controller.
 
 The same GET gives the dump throughput the controller recorded on the PVC (from the agent's
-last commit), from which the pod's grace period is computed (`mutate.build`).
+last commit), from which the pod's grace period is computed (`inject.build`).
 
 Two reads at most: the PVC (a GET by name), and, for a Deployment's pod, its ReplicaSet (the
 PVC belongs to the Deployment; cached by ReplicaSet uid, which never changes owner but by an

@@ -1,4 +1,4 @@
-"""Admission of one pod: the thin async layer around the pure pipeline in `mutate`.
+"""Admission of one pod: the thin async layer around the pure pipeline (`decide`, `inject`).
 
 `admit()` takes an AdmissionReview and returns the response. kopf runs the process (login,
 the namespace watch, start-up and shutdown), but admission requests are served by our own
@@ -35,7 +35,7 @@ from podckpt.operator.domain.slots import Holder, SlotChoice, holder_state
 from podckpt.operator.kube.api import ApiError, KubeAPI, namespaced
 from podckpt.operator.settings import OperatorSettings
 
-from . import claimgate, mutate
+from . import claimgate, decide, inject
 from .argv import EmptyArgvError, ImageArgv
 from .imageconfig import ImageConfigError, ImageConfigResolver
 from .pullsecrets import PullSecretError, PullSecrets
@@ -108,13 +108,13 @@ async def read_namespace(
     return entry
 
 
-def _namespace_selected(pod: Mapping[str, Any], plan: mutate.Plan | mutate.Skip) -> bool:
+def _namespace_selected(pod: Mapping[str, Any], plan: decide.Plan | decide.Skip) -> bool:
     """Whether the pod reached us only because of its namespace's labels while our view of the
     namespace says it asks for nothing: the view is behind (a namespace created or labelled
     a moment ago, not yet delivered by the watch). The webhooks' selectors send a pod without
     its own `checkpoint-mode` (label or annotation) only when its namespace asks for
     checkpointing or injection."""
-    if not isinstance(plan, mutate.Skip) or plan.reason != mutate.NOT_ENABLED:
+    if not isinstance(plan, decide.Skip) or plan.reason != decide.NOT_ENABLED:
         return False
     meta = pod.get("metadata", {})
     key = qualified(Key.CHECKPOINT_MODE)
@@ -251,13 +251,13 @@ async def _mutate(
     known = state.namespaces.get(namespace)
     labels, annotations = known or await read_namespace(state, namespace)
     try:
-        plan = mutate.plan(pod, mutate.Namespace(namespace, labels, annotations), state.op)
+        plan = decide.plan(pod, decide.Namespace(namespace, labels, annotations), state.op)
         if known is not None and _namespace_selected(pod, plan):
             labels, annotations = await read_namespace(state, namespace)
-            plan = mutate.plan(pod, mutate.Namespace(namespace, labels, annotations), state.op)
-    except mutate.DeniedError as exc:
+            plan = decide.plan(pod, decide.Namespace(namespace, labels, annotations), state.op)
+    except decide.DeniedError as exc:
         raise Denied(str(exc)) from None
-    if isinstance(plan, mutate.Skip):
+    if isinstance(plan, decide.Skip):
         return [], list(plan.warnings), []
     images = await _resolve_images(state, namespace, pod, plan.images)
     slot = None
@@ -280,7 +280,7 @@ async def _mutate(
         gate = state.op.scheduling_gate and check.gate
         measured = check.measured_bytes_per_second
     try:
-        mutated, built_warnings = mutate.build_with_warnings(
+        mutated, built_warnings = inject.build_with_warnings(
             pod,
             plan,
             images,
@@ -291,9 +291,9 @@ async def _mutate(
         )
     except EmptyArgvError as exc:
         raise Denied(f"podckpt: {exc}") from None
-    except mutate.DeniedError as exc:
+    except decide.DeniedError as exc:
         raise Denied(str(exc)) from None
-    patch = mutate.make_patch(pod, mutated)
+    patch = inject.make_patch(pod, mutated)
     state.admitted += 1
     logger.info(
         "injecting pod %s/%s (%s, identity %s, containers %s%s) in %.2f ms",
