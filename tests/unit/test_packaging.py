@@ -20,5 +20,5 @@ def test_the_wheel_ships_no_dev_tools(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     packages = {n.split("/")[1] for n in names if n.startswith("podckpt/") and n.count("/") > 1}
     assert packages == {"api", "agent", "bundle", "cli", "operator"}
-    assert "podckpt/api/contract.py" in names
+    assert "podckpt/api/contract/__init__.py" in names
     assert "podckpt/bundle/launcher.c" in names, "the bundle builder compiles it"
