@@ -113,12 +113,12 @@ def test_postgresql_as_its_own_user_keeps_shared_buffers_across_two_deaths(
         "-c", "shared_buffers=32MB",
     ]  # fmt: skip
     # What the webhook hands the agent for `runAsUser: <postgres>` and the IPC key.
-    env = {contract.Env.APP_UID: str(uid), contract.Env.APP_GID: str(gid)}
+    user = [contract.USER_OPTION, f"{uid}:{gid}"]
     keys = {"memverge.ai/checkpoint-ipc-namespace": "private"}
 
     def start() -> Sandbox:
         return servers.start(
-            argv, annotations=keys, env=env, binds=binds, capabilities=WITH_SYS_ADMIN
+            argv, annotations=keys, agent_args=user, binds=binds, capabilities=WITH_SYS_ADMIN
         )
 
     box = start()

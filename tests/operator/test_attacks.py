@@ -314,6 +314,21 @@ def test_keys_of_an_injected_pod_cannot_be_changed(kube: Kube, namespace: str) -
     assert "cannot be changed; refused: annotation podckpt.io/claim=other" in message
     # Other labels and annotations stay the user's.
     kube.core.patch_namespaced_pod("real", namespace, {"metadata": {"labels": {"team": "a"}}})
+    # The one key a user writes: `kubectl podckpt checkpoint` asks the controller to record an
+    # on-demand checkpoint (it only makes the controller read the agent's log again).
+    requested = {"podckpt.io/checkpoint-requested": "2026-12-01T00:00:00Z"}
+    patched = kube.core.patch_namespaced_pod(
+        "real", namespace, {"metadata": {"annotations": requested}}
+    )
+    assert (
+        patched.metadata.annotations["podckpt.io/checkpoint-requested"]
+        == requested["podckpt.io/checkpoint-requested"]
+    )
+    with pytest.raises(client.ApiException) as info:
+        kube.core.patch_namespaced_pod(
+            "real", namespace, {"metadata": {"annotations": {"podckpt.io/checkpoint-x": "1"}}}
+        )
+    assert "refused: annotation podckpt.io/checkpoint-x=1" in json.loads(info.value.body)["message"]
 
 
 def test_the_controller_never_takes_a_volume_name_from_a_pod(
