@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from podckpt.agent import criu, pids
+from podckpt.agent.appstart import application_env
 from podckpt.agent.errors import CriuTooOldError
-from podckpt.agent.supervisor import application_env
 from podckpt.api.contract import AGENT_ENV as AGENT_ONLY_ENV
 
 

@@ -342,7 +342,7 @@ def _closed_why(error: str | None) -> str | None:
 
 
 def _process_age() -> float | None:
-    from .supervisor import process_age  # noqa: PLC0415 - the supervisor is the caller
+    from .appstart import process_age  # noqa: PLC0415 - the supervisor is the caller
 
     return process_age()
 

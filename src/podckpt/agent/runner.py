@@ -19,6 +19,7 @@ from pathlib import Path
 from podckpt.api import CheckpointSettings, RestorePolicy, contract, criuopts
 
 from . import AGENT_VERSION, appuser, capabilities, criu, exitcodes, isolation, log, pids
+from .appstart import RestoreFailed, become_subreaper
 from .context import Context
 from .errors import (
     AgentError,
@@ -31,7 +32,7 @@ from .inputs import BadInput
 from .manifest import Trust, load_key
 from .settings import LiveSettings
 from .store import Store
-from .supervisor import RestoreFailed, Supervisor, become_subreaper
+from .supervisor import Supervisor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from podckpt.agent import cli, pids, runner
+from podckpt.agent.appstart import application_env
 from podckpt.agent.settings import LiveSettings
-from podckpt.agent.supervisor import application_env
 from podckpt.api import contract
 from podckpt.operator.settings import OperatorSettings
 from podckpt.operator.webhook.argv import ImageArgv
