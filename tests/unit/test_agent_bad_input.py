@@ -18,8 +18,9 @@ from podckpt.agent import control, exitcodes
 from podckpt.agent.context import Context
 from podckpt.agent.criu import Criu
 from podckpt.agent.errors import AgentError, GenerationInvalidError
+from podckpt.agent.generations import FAILED, Generation
 from podckpt.agent.settings import LiveSettings
-from podckpt.agent.store import FAILED, Generation, Store
+from podckpt.agent.store import Store
 from podckpt.agent.supervisor import Supervisor
 from podckpt.api import format_downward_text, parse_settings
 

@@ -6,8 +6,8 @@ import types
 from pathlib import Path
 
 from podckpt.agent import lazy
+from podckpt.agent.generations import Generation
 from podckpt.agent.manifest import FileEntry, Manifest
-from podckpt.agent.store import Generation
 
 
 def _manifest(size: int) -> Manifest:

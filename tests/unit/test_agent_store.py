@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from podckpt.agent.errors import GenerationInvalidError, StoreMismatchError
-from podckpt.agent.store import COMPLETED, FAILED, RESTORED, Generation, Store
+from podckpt.agent.generations import COMPLETED, FAILED, RESTORED, Generation
+from podckpt.agent.store import Store
 
 
 def _store(tmp_path: Path, container: str = "app") -> Store:

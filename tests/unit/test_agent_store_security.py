@@ -15,9 +15,10 @@ import pytest
 
 from podckpt.agent import files, manifest
 from podckpt.agent.errors import GenerationInvalidError
+from podckpt.agent.generations import Generation
 from podckpt.agent.inputs import BadInput
 from podckpt.agent.manifest import Trust
-from podckpt.agent.store import Generation, Store
+from podckpt.agent.store import Store
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 
     from .appuser import AppUser
     from .context import Context
+    from .generations import Generation
     from .isolation import Isolation
     from .lazy import LazyTransfer
-    from .store import Generation
 
 #: Forwarded to the application as they come (supervisor.py), and reset to their default in a
 #: freshly started application. SIGCHLD is ours; SIGKILL/SIGSTOP cannot be caught; synchronous

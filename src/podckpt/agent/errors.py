@@ -3,6 +3,12 @@ decide by type (never by message) and the message is what the user reads in the 
 
 from __future__ import annotations
 
+import errno
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class AgentError(Exception):
     """A failure the agent reports in one line and acts on (exit code, fallback)."""
@@ -89,3 +95,13 @@ class GpuError(AgentError):
         self.call = call
         self.pid = pid
         super().__init__(message)
+
+
+def store_write_error(store: Path, exc: OSError, what: str) -> StoreWriteError:
+    """The OSError of a write to the store, said in the user's terms: full, not writable, or
+    what failed (so the log line says what to fix on the volume)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreWriteError(f"checkpoint store {store} is full ({what}): {exc.strerror}")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreWriteError(f"checkpoint store {store} is not writable ({what}): {exc.strerror}")
+    return StoreWriteError(f"checkpoint store {store}: {what} failed: {exc}")

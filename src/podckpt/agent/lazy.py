@@ -36,8 +36,8 @@ import time
 
 from . import criu, integrity, log, pids, proctree
 from .errors import AgentError, CriuFailedError, CriuRunError, GenerationInvalidError
+from .generations import FAILED
 from .log import Timer
-from .store import FAILED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .context import Context
+    from .generations import Generation
     from .manifest import FileEntry, Manifest
-    from .store import Generation
 
 #: Marker: the last lazy restore of this generation failed; restore it in full.
 LAZY_FAILED = "LAZY-FAILED"

@@ -33,10 +33,10 @@ from .errors import (
     GenerationInvalidError,
     GpuError,
 )
+from .generations import FAILED, Generation, Removed
 from .inputs import BadInput
 from .log import Timer
 from .manifest import Manifest
-from .store import FAILED, Generation, Removed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -18,34 +18,39 @@ its files 0600, owned by root, whatever the volume's defaults (docs/security.md)
 is removed by renaming it out of the way first (`.trash-*`), so an interrupted removal never
 leaves a half-deleted generation that looks committed. Everything read back from the volume is
 read defensively (inputs.py): damage or tampering costs at most the generation concerned.
+
+The names of the layout are generations.py's; the commit is storecommit.py; markers, retiring,
+pruning and removals are retention.py (a mixin of `Store`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
 import fcntl
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from . import manifest as manifest_format
-from .errors import StoreError, StoreLockTimeout, StoreMismatchError, StoreWriteError
-from .fsio import (
-    DIR_MODE,
-    FILE_MODE,
-    fsync_dir,
-    hash_fd,
-    private_dir,
-    rmtree,
-    secure,
-    write_atomic,
+from .errors import StoreLockTimeout, StoreMismatchError, store_write_error
+from .fsio import DIR_MODE, FILE_MODE, private_dir, write_atomic
+from .generations import (
+    COMPLETED,
+    FAILED,
+    GENERATIONS,
+    LATEST,
+    LAYOUT_VERSION,
+    LOCK,
+    MANIFEST,
+    RESTORED,
+    STORE_JSON,
+    Generation,
+    generation_seq,
 )
 from .inputs import BadInput, Missing, read_object, read_token
 from .manifest import Manifest, Trust
+from .retention import Retention
+from .storecommit import commit_generation
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,61 +59,11 @@ if TYPE_CHECKING:
     from .integrity import Digest
     from .log import Timer
 
-LAYOUT_VERSION = 1
-MANIFEST_FORMAT = manifest_format.FORMAT
-STORE_JSON = "store.json"
-GENERATIONS = "generations"
-LATEST = "LATEST"
-COMPLETED = "COMPLETED"
-LOCK = ".lock"
-MANIFEST = "manifest.json"
-RESTORED = "RESTORED"
-FAILED = "FAILED"
-TRASH_PREFIX = ".trash-"
-_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}Z-([0-9]{6,12})$")
 
+class Store(Retention):
+    """One container's store: opening it, its lock, reading its generations, and writing a
+    new one (begin, commit); markers and removals are `Retention`'s (retention.py)."""
 
-def generation_seq(name: str) -> int | None:
-    """The sequence number of a generation directory name, None for anything else."""
-    match = _NAME.match(name)
-    return int(match[1]) if match else None
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    name: str
-    path: Path
-
-    @property
-    def seq(self) -> int:
-        return generation_seq(self.name) or 0
-
-    @property
-    def images(self) -> Path:
-        return self.path / "images"
-
-    @property
-    def files(self) -> Path:
-        return self.path / "files"
-
-
-@dataclasses.dataclass(frozen=True)
-class Removed:
-    """A generation the agent removed on its own, and why (for the log line)."""
-
-    name: str
-    why: str
-
-
-def _store_write_error(store: Path, exc: OSError, what: str) -> StoreWriteError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreWriteError(f"checkpoint store {store} is full ({what}): {exc.strerror}")
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StoreWriteError(f"checkpoint store {store} is not writable ({what}): {exc.strerror}")
-    return StoreWriteError(f"checkpoint store {store}: {what} failed: {exc}")
-
-
-class Store:
     def __init__(self, root: Path, container: str, trust: Trust | None = None) -> None:
         self.root = Path(root)
         self.container = container
@@ -157,7 +112,7 @@ class Store:
             try:
                 self._make_private()
             except OSError as exc:
-                raise _store_write_error(self.root, exc, "securing the store") from exc
+                raise store_write_error(self.root, exc, "securing the store") from exc
             return None
         try:
             self._make_private()
@@ -166,7 +121,7 @@ class Store:
             body = {"layout": LAYOUT_VERSION, "container": self.container}
             write_atomic(meta_path, (json.dumps(body, indent=1) + "\n").encode())
         except OSError as exc:
-            raise _store_write_error(self.root, exc, "creating the store") from exc
+            raise store_write_error(self.root, exc, "creating the store") from exc
         return note
 
     def _make_private(self) -> None:
@@ -190,7 +145,7 @@ class Store:
             try:
                 fd = os.open(path, os.O_RDONLY | flags)
             except OSError as exc:
-                raise _store_write_error(self.root, exc, "opening the lock file") from exc
+                raise store_write_error(self.root, exc, "opening the lock file") from exc
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -315,45 +270,6 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------
 
-    def cleanup(self) -> list[Removed]:
-        """Remove what is not (or no longer) a committed generation, saying why for each: a
-        dump that did not finish, or a committed generation whose manifest is gone."""
-        self._empty_trash()
-        latest = self.latest_name()
-        limit = generation_seq(latest) if latest else 0
-        removed = []
-        for gen in self.all_generations():
-            if gen.seq > (limit or 0):
-                why = "not committed: a dump that did not finish (agent killed, store full)"
-            elif not self._has_manifest(gen):
-                why = "committed, but its manifest.json is gone (deleted or lost after the commit)"
-            else:
-                continue
-            self._remove(gen)
-            removed.append(Removed(gen.name, why))
-        return removed
-
-    def _remove(self, gen: Generation) -> None:
-        """Rename out of the way, then delete: a removal killed halfway leaves `.trash-*`,
-        never a generation without some of its files."""
-        trash = self.generations_dir / f"{TRASH_PREFIX}{gen.name}-{os.getpid()}-{time.time_ns()}"
-        try:
-            os.rename(gen.path, trash)
-        except FileNotFoundError:
-            return
-        except OSError:
-            trash = gen.path
-        rmtree(trash)
-
-    def _empty_trash(self) -> None:
-        try:
-            names = os.listdir(self.generations_dir)
-        except OSError:
-            return
-        for name in names:
-            if name.startswith(TRASH_PREFIX):
-                rmtree(self.generations_dir / name)
-
     def begin(self) -> Generation:
         """A new, empty generation directory with the next sequence number."""
         existing = self.all_generations()
@@ -368,7 +284,7 @@ class Store:
             os.mkdir(gen.path, DIR_MODE)
             os.mkdir(gen.images, DIR_MODE)
         except OSError as exc:
-            raise _store_write_error(self.root, exc, f"creating generation {name}") from exc
+            raise store_write_error(self.root, exc, f"creating generation {name}") from exc
         return gen
 
     def commit(
@@ -379,137 +295,8 @@ class Store:
         moving: Timer | None = None,
     ) -> dict[str, Any]:
         """Checksum and secure (root, 0600/0700) every file, make them durable, write the
-        manifest last, then move LATEST to it.
-
-        `digests`: the page images hashed while CRIU wrote them (integrity.ImageHasher); every
-        other file is hashed here. Durability: every file and directory of the generation is
-        fsynced at once (durable.py), then the manifest, then LATEST, each written atomically.
-        A kill at any point leaves LATEST on the previous generation or on a complete new one.
-        `moving` started when the bytes started to move (CRIU's dump): the manifest records
-        the throughput of dump + checksums + flush (deadline.py)."""
-        import json  # noqa: PLC0415
-
-        from .durable import fsync_all  # noqa: PLC0415 - only when a dump runs
-
-        digests = digests or {}
-        try:
-            checksums: dict[str, dict[str, object]] = {}
-            to_sync: list[tuple[int, Path]] = []
-            dirs: list[Path] = [gen.path]
-            total = 0
-            for dirpath, dirnames, filenames in os.walk(gen.path):
-                base = Path(dirpath)
-                for filename in sorted(filenames):
-                    path = base / filename
-                    rel = str(path.relative_to(gen.path))
-                    if rel in manifest_format.UNCHECKED or path.is_symlink():
-                        continue
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    try:
-                        secure(fd, FILE_MODE)
-                        known = digests.get(rel)
-                        if known is not None and known.size == os.fstat(fd).st_size:
-                            size, entry = known.size, known.entry()
-                        else:
-                            size, digest = hash_fd(fd)
-                            entry = {"size": size, "sha256": digest}
-                    finally:
-                        os.close(fd)
-                    checksums[rel] = entry
-                    to_sync.append((size, path))
-                    total += size
-                for dirname in dirnames:
-                    fd = os.open(base / dirname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-                    try:
-                        secure(fd, DIR_MODE)
-                    finally:
-                        os.close(fd)
-                    dirs.append(base / dirname)
-            to_sync.sort(key=lambda item: item[0])
-            fsync_all([path for _, path in to_sync], dirs)
-            throughput: dict[str, Any] = {}
-            if moving is not None:
-                seconds = moving.elapsed()
-                throughput["throughput"] = {
-                    "bytes_per_s": int(total / seconds) if seconds > 0 else None,
-                    "seconds": round(seconds, 4),
-                    "bytes": total,
-                }
-            body = {
-                "generation": gen.name,
-                "container": self.container,
-                "store": self.store_id,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **fields,
-                "total_bytes": total,
-                **throughput,
-                "checksums": checksums,
-            }
-            sealed = manifest_format.seal(body, self.trust)
-            write_atomic(gen.path / MANIFEST, sealed)
-            fsync_dir(self.generations_dir)
-            write_atomic(self.root / LATEST, (gen.name + "\n").encode())
-            completed = self.root / COMPLETED
-            if os.path.lexists(completed):
-                completed.unlink()
-                fsync_dir(self.root)
-        except OSError as exc:
-            raise _store_write_error(self.root, exc, f"committing generation {gen.name}") from exc
-        manifest: dict[str, Any] = json.loads(sealed)
-        return manifest
-
-    def discard(self, gen: Generation) -> None:
-        """Remove a generation that was never committed (a failed dump)."""
-        if gen.name == self.latest_name():
-            raise StoreError(f"refusing to discard the committed generation {gen.name}")
-        self._remove(gen)
-
-    def mark(self, gen: Generation, marker: str) -> None:
-        # A marker is advice: if it cannot be written, the worst case is one more attempt.
-        with contextlib.suppress(OSError):
-            fd = os.open(
-                gen.path / marker,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                FILE_MODE,
-            )
-            try:
-                os.write(fd, time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()).encode())
-            finally:
-                os.close(fd)
-
-    def retire(self, upto: Generation | None, *, diagnosis: bool) -> None:
-        """Never restore `upto` or anything older (all generations when None).
-
-        Every one is marked RESTORED first (cheap), then, without diagnosis, removed: an agent
-        killed in between leaves history, never a generation that looks restorable."""
-        retired = [g for g in self.all_generations() if upto is None or g.seq <= upto.seq]
-        for gen in reversed(retired):
-            if not os.path.lexists(gen.path / FAILED):
-                self.mark(gen, RESTORED)
-        if not diagnosis:
-            for gen in retired:
-                self._remove(gen)
-
-    def mark_completed(self, *, diagnosis: bool) -> None:
-        try:
-            write_atomic(self.root / COMPLETED, b"application exited by itself\n")
-        except OSError as exc:
-            raise _store_write_error(self.root, exc, "writing COMPLETED") from exc
-        self.retire(None, diagnosis=diagnosis)
-
-    def prune(self, keep: int, *, diagnosis: bool) -> list[str]:
-        """Keep the newest `keep` committed generations (with diagnosis also every restored or
-        failed one, for their logs); remove the rest."""
-        committed = self.committed()
-        removed = []
-        for gen in committed[: max(0, len(committed) - keep)]:
-            if diagnosis and (
-                os.path.lexists(gen.path / RESTORED) or os.path.lexists(gen.path / FAILED)
-            ):
-                continue
-            self._remove(gen)
-            removed.append(gen.name)
-        return removed
+        manifest last, then move LATEST to it (storecommit.py)."""
+        return commit_generation(self, gen, fields, digests, moving)
 
     def free_bytes(self) -> int | None:
         try:

@@ -24,7 +24,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .store import Generation, Store
+    from .generations import Generation
+    from .store import Store
 
 MANIFEST = "manifest.json"
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from agent_harness import AgentHarness, log_lines
 
+from podckpt.agent.generations import FAILED, RESTORED
 from podckpt.agent.manifest import Trust
-from podckpt.agent.store import FAILED, RESTORED, Store
+from podckpt.agent.store import Store
 from podckpt.api import contract
 from podckpt.devtools.sandbox import Sandbox
 
