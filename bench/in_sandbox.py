@@ -71,7 +71,7 @@ def dump(pid: int, images: str, sync_dir: str) -> None:
 
 def restore(gen_dir: str) -> None:
     from podckpt.agent import capabilities, criu  # noqa: PLC0415
-    from podckpt.agent.restore import inherit_map  # noqa: PLC0415
+    from podckpt.agent.criurestore import inherit_map  # noqa: PLC0415
 
     found = criu.find()
     manifest = json.loads(Path(gen_dir, "manifest.json").read_text())

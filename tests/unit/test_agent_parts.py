@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 from podckpt.agent import criu, exitcodes, files
-from podckpt.agent.restore import inherit_map
+from podckpt.agent.criurestore import inherit_map
 
 MOUNTINFO = """\
 2087 1700 0:63 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w

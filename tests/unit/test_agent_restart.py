@@ -1,4 +1,4 @@
-"""Which generation belongs in a starting container (restore.not_here), without CRIU."""
+"""Which generation belongs in a starting container (restorable.not_here), without CRIU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, cast
 from podckpt.agent.context import Context
 from podckpt.agent.generations import Generation
 from podckpt.agent.manifest import FORMAT, Manifest
-from podckpt.agent.restore import NEW_REVISION, SAME_POD, not_here
+from podckpt.agent.restorable import NEW_REVISION, SAME_POD, not_here
 
 GEN = Generation("20261201T000000Z-000001", Path("/nonexistent"))
 OURS = {"pod_uid": "uid-b", "boot_id": "boot-1"}

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from podckpt.agent import criu, images, isolation, manifest, stdio
+from podckpt.agent.criurestore import inherit_map
 from podckpt.agent.errors import GenerationInvalidError
 from podckpt.agent.manifest import Manifest
-from podckpt.agent.restore import inherit_map, restore_options
+from podckpt.agent.restorable import restore_options
 from podckpt.api import IoUring, IpcNamespace, parse_settings
 
 

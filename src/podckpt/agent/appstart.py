@@ -113,7 +113,8 @@ class ApplicationStart:
             elif policy is RestorePolicy.FRESH:
                 log.emit("restore", "skipped", why="restore-policy is fresh")
             else:
-                from .restore import NotHere, restore_latest  # noqa: PLC0415 - only when restoring
+                from .restorable import NotHere  # noqa: PLC0415 - only when restoring
+                from .restore import restore_latest  # noqa: PLC0415 - only when restoring
 
                 mode = self.settings.restore_mode
                 restored = restore_latest(

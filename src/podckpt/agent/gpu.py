@@ -349,7 +349,7 @@ def _record(gen: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
 
 class GpuMismatchError(AgentError):
     """A sound generation whose GPU state this container cannot take (another GPU model or
-    count, no GPU, no usable driver): refused, not failed (restore.GenerationRefused)."""
+    count, no GPU, no usable driver): refused, not failed (restorable.GenerationRefused)."""
 
     def __init__(self, gen: str, reason: str) -> None:
         self.reason = reason

@@ -358,7 +358,7 @@ class LazyTransfer:
             highest = max(highest, highest_pid(root))
             proctree.kill_tree(root)
         self.abort()
-        from .restore import reap_leftovers  # noqa: PLC0415 - restore imports this module
+        from .criurestore import reap_leftovers  # noqa: PLC0415 - criurestore imports this module
 
         reap_leftovers()
         again = highest + 1 - pids.last_pid() <= _MAX_REBURN

@@ -1,30 +1,23 @@
 """Restore the newest usable generation, falling back to older ones.
 
-A generation that does not belong in this container is not restored at all, and that is no
-failure (`NotHere`): one made by this very pod (the container was restarted inside its pod by
-a liveness probe, an OOM kill, a crash: the restart is meant to cure it), or by another
-workload revision (a rollout, a changed spec: the new pod runs the new template).
-
-Each candidate's manifest, sizes and small files are verified, its saved files are put back,
-and `criu restore -d --restore-sibling --leave-stopped` makes the restored root the agent's own
-child. The page images, the bulk of the bytes, are hashed while CRIU reads them, not before
-(integrity.py): the tree stays stopped until they match. The PID counter is then moved above
-the application's range (pids.py) and the tree is continued. `restore-mode: lazy` (or a large
-checkpoint where the container allows it) continues the tree before its memory is in
-(lazy.py). A generation that fails is marked FAILED and never tried again, so a bad image can
-never crash-loop the container.
+Each candidate is first checked against this container (restorable.py: not for here, or
+refused); then its manifest, sizes and small files are verified, and CRIU restores it, the
+tree left stopped as the agent's own child (criurestore.py). The page images, the bulk of the
+bytes, are hashed while CRIU reads them, not before (integrity.py): the tree stays stopped
+until they match. The PID counter is then moved above the application's range (pids.py) and
+the tree is continued. `restore-mode: lazy` (or a large checkpoint where the container allows
+it) continues the tree before its memory is in (lazy.py). A generation that fails is marked
+FAILED and never tried again, so a bad image can never crash-loop the container.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
-from podckpt.api.criuopts import Phase, for_phase, has, mirrored
-
-from . import criu, deadline, files, integrity, lazy, log, pids, proctree, stdio
+from . import deadline, files, integrity, lazy, log, pids, proctree, stdio
 from .context import Context
+from .criurestore import criu_restore, lazy_transfer, reap_leftovers
 from .errors import (
     AgentError,
     CriuFailedError,
@@ -37,26 +30,14 @@ from .generations import FAILED, Generation, Removed
 from .inputs import BadInput
 from .log import Timer
 from .manifest import Manifest
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from . import gpu
-
-_FD_BASE = 100  # the new stdio is passed to CRIU at fds 100-102, its own stdio stays captured
-
-
-@dataclasses.dataclass(frozen=True)
-class NotHere:
-    """The newest generation does not belong in this container; it starts fresh."""
-
-    #: `SamePod` or `NewRevision` (the controller's `StartedFresh` Event names it).
-    cause: str
-    generation: str
-    why: str
-
-
-SAME_POD = "SamePod"
-NEW_REVISION = "NewRevision"
+from .restorable import (
+    GenerationRefused,
+    NotHere,
+    check_compatible,
+    gpu_restore_plan,
+    not_here,
+    restore_options,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,79 +48,6 @@ class Restored:
     attempts: list[dict[str, str]]
     #: A lazy restore's page transfer, still running (the supervisor watches it).
     lazy: lazy.LazyTransfer | None = None
-
-
-class GenerationRefused(GenerationInvalidError):
-    """A sound generation that is not for this container (another program, another CRIU):
-    not marked FAILED, so that it is still there if the fresh start that follows fails
-    (a mistyped command must not cost the checkpoint that fixing it would restore)."""
-
-
-def inherit_map(streams: dict[str, str]) -> dict[int, str]:
-    """fd number CRIU gets → dumped identity it replaces (`pipe:[1234]`, `tty[...]`,
-    `file[...]`), once per identity (stdio.inherit_map)."""
-    return stdio.inherit_map(streams, _FD_BASE)
-
-
-def restore_options(manifest: Manifest, asked: tuple[str, ...]) -> tuple[str, ...]:
-    """What the restore of this image needs from its dump (`tcp-established` dumped needs it
-    at restore too), then the workload's restore options (which may say `tcp-close`)."""
-    dumped = manifest.criu_options
-    wanted = dict.fromkeys((*mirrored(dumped), *for_phase(asked, Phase.RESTORE)))
-    if has(tuple(wanted), "tcp-close"):
-        wanted.pop("tcp-established", None)
-    return tuple(wanted)
-
-
-def _compatible(ctx: Context, gen: Generation, manifest: Manifest) -> None:
-    dumped = manifest.criu_version
-    if dumped.split(".")[:2] != ctx.criu.version_text.split(".")[:2]:
-        raise GenerationRefused(
-            gen.name, f"dumped by CRIU {dumped}, this is CRIU {ctx.criu.version_text}"
-        )
-
-
-def not_here(ctx: Context, gen: Generation, manifest: Manifest) -> NotHere | None:
-    """Why `gen` must not be restored into this container, if it must not.
-
-    The same pod in the same node boot: the container was restarted inside its pod. (After
-    a reboot of the node under the pod, the kubelet restarts its containers: that is no cure
-    of the application, and the checkpoint comes back as for a new pod.) Another revision,
-    image or argv: the pod runs a new template. Manifests of older agents lack these fields,
-    and only what both sides know is compared."""
-    made_by = manifest.origin
-    ours = ctx.origin
-    if (
-        ours.get("pod_uid")
-        and made_by.get("pod_uid") == ours["pod_uid"]
-        and made_by.get("boot_id") == ours.get("boot_id")
-    ):
-        return NotHere(
-            SAME_POD,
-            gen.name,
-            f"generation {gen.name} was made by this pod; the container was restarted inside"
-            " it (liveness or startup probe, OOM kill, crash or kill) and starts fresh",
-        )
-    dumped = manifest.workload or {}
-    user = ctx.workload.get("user")
-    if isinstance(user, list) and user != [0, 0] and dumped.get("user") != user:
-        # A non-root application is never resumed from a checkpoint of another user's, or
-        # of one that does not say (root, with runAsNonRoot, would come back as root).
-        return NotHere(
-            NEW_REVISION,
-            gen.name,
-            f"generation {gen.name} was made as user {dumped.get('user', 'unknown')}, this pod"
-            f" runs its application as {user}",
-        )
-    for key in ("revision", "image", "argv", "user"):
-        if key in dumped and key in ctx.workload and dumped[key] != ctx.workload[key]:
-            return NotHere(
-                NEW_REVISION,
-                gen.name,
-                f"generation {gen.name} was made by {key} {dumped[key]!r}, this pod runs"
-                f" {ctx.workload[key]!r}",
-            )
-    return None
 
 
 def try_restore(
@@ -159,21 +67,21 @@ def try_restore(
     (lazy.py): they are verified while the daemon serves them to the running tree."""
     if manifest is None:
         manifest = ctx.store.check(gen)
-    _compatible(ctx, gen, manifest)
+    check_compatible(ctx, gen, manifest)
     mismatch = stdio.unrestorable(manifest.stdio, ctx.stdio_fds)
     if mismatch is not None:
         raise GenerationRefused(gen.name, mismatch)
     options = restore_options(manifest, asked)
-    gpu_plan = _gpu_plan(gen, manifest)  # before the checksums: cheap, and may refuse
+    gpu_plan = gpu_restore_plan(gen, manifest)  # before the checksums: cheap, and may refuse
     ctx.store.verify_contents(gen, manifest, exclude=integrity.is_page_image)
     pages = {rel: e for rel, e in manifest.files.items() if integrity.is_page_image(rel)}
     root = manifest.root_pid
     if root is None:
         raise GenerationInvalidError(gen.name, "manifest.json records no root pid")
-    transfer = _lazy_transfer(ctx, gen, manifest, mode) if gpu_plan is None else None
+    transfer = lazy_transfer(ctx, gen, manifest, mode) if gpu_plan is None else None
     verifier = None if transfer else integrity.PageVerifier(gen.path, pages).start()
     try:
-        result, written, closed_because = _criu_restore(
+        result, written, closed_because = criu_restore(
             ctx, gen, manifest, root, transfer, options=options
         )
     except BaseException as exc:
@@ -220,119 +128,6 @@ def try_restore(
             raise
         measured["gpu"] = gpu_plan.timings()
     return root, manifest, measured, transfer
-
-
-def _lazy_transfer(
-    ctx: Context, gen: Generation, manifest: Manifest, mode: str | None
-) -> lazy.LazyTransfer | None:
-    """A started lazy-pages daemon when this restore is lazy (lazy.choose), else None."""
-    chosen, why_not = lazy.choose(ctx, gen, manifest, mode)
-    if not chosen:
-        if why_not is not None and mode == "lazy":
-            log.emit("restore", "full", generation=gen.name, why=why_not)
-        return None
-    transfer = lazy.LazyTransfer(ctx, gen)
-    try:
-        transfer.start_daemon()
-    except (CriuFailedError, CriuRunError) as exc:
-        transfer.close()
-        ctx.store.mark(gen, lazy.LAZY_FAILED)
-        log.emit("restore", "full", generation=gen.name, why=f"lazy restore unavailable: {exc}")
-        return None
-    return transfer
-
-
-def _criu_restore(
-    ctx: Context,
-    gen: Generation,
-    manifest: Manifest,
-    root: int,
-    transfer: lazy.LazyTransfer | None,
-    *,
-    options: tuple[str, ...] = (),
-) -> tuple[criu.CriuResult, list[str], str | None]:
-    """Put the saved files back and run CRIU; the restored tree is left stopped. Returns
-    CRIU's result, the files put back and, when `tcp-established` could not be kept, why.
-
-    With `tcp-established`, a restore that fails (the pod's IP is not the dumped one, or the
-    network does not allow it) is run once more with `--tcp-close`: the application comes
-    back with its connections closed, as without the option."""
-    written = files.put_back(gen.path, manifest.setid_files)
-    inherit = inherit_map(manifest.stdio)
-    passed: list[int] = []
-    closed_because: str | None = None
-
-    def run(chosen: tuple[str, ...]) -> criu.CriuResult:
-        args = criu.restore_args(
-            gen.images, None, inherit, privileged=ctx.privileged, options=chosen
-        )
-        if transfer is not None:
-            args += transfer.restore_args()
-        return criu.run(ctx.criu, "restore", args, gen.path / "restore.log", pass_fds=passed)
-
-    try:
-        for fd in inherit:
-            os.dup2(ctx.stdio_fds[fd - _FD_BASE], fd, inheritable=True)
-            passed.append(fd)
-        try:
-            result = run(options)
-        except CriuFailedError as exc:
-            if not has(options, "tcp-established") or transfer is not None:
-                raise
-            closed_because = str(exc)
-            reap_leftovers()
-            result = run((*(o for o in options if o != "tcp-established"), "tcp-close"))
-        _check_child(root)
-    except BaseException:
-        files.remove(written)
-        raise
-    finally:
-        for fd in passed:
-            os.close(fd)
-    return result, written, closed_because
-
-
-def _gpu_plan(gen: Generation, manifest: Manifest) -> gpu.RestorePlan | None:
-    """The same GPU model and count as at the dump, else GenerationRefused (before CRIU)."""
-    if manifest.body.get("gpu") is None:
-        return None
-    from . import gpu  # noqa: PLC0415 - ctypes and the driver only for GPU generations
-
-    try:
-        return gpu.plan_restore(gen.name, manifest.body)
-    except gpu.GpuMismatchError as exc:
-        raise GenerationRefused(gen.name, exc.reason) from exc
-
-
-def _check_child(pid: int) -> None:
-    """CRIU restored the root at its dumped PID as the agent's child (--restore-sibling)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            ppid = next((line.split()[1] for line in status if line.startswith("PPid:")), "")
-    except OSError:
-        ppid = ""
-    if ppid != str(os.getpid()):
-        raise CriuRunError(f"criu restore exited 0 but process {pid} is not the agent's child")
-
-
-def reap_leftovers(timeout: float = 2.0) -> None:
-    """Reap what a failed `criu restore --restore-sibling` left: it kills the tasks it had
-    created, which are the agent's children, so they stay zombies holding their PIDs until
-    the agent reaps them, and the next (older) generation's restore then fails with `Can't
-    fork for 301: File exists` (found by the fault-injection suite). Before the application
-    runs, every child of the agent is such a leftover."""
-    import time  # noqa: PLC0415
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
 
 
 def _closed_why(error: str | None) -> str | None:

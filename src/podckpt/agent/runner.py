@@ -260,7 +260,7 @@ def workload_identity(
 ) -> dict[str, object]:
     """The application's argv, the user it starts as and, when the webhook hands them over,
     the container's image and the workload revision of its pod: a checkpoint is restored only
-    into the same (restore.py)."""
+    into the same (restorable.not_here)."""
     identity: dict[str, object] = {
         "argv": argv,
         "user": [0, 0] if user is None else user.as_workload(),

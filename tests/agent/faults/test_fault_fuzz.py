@@ -24,7 +24,7 @@ import pytest
 from agent_harness import MODE, AgentHarness, counts, phases, wait_count
 from faultkit import KEY, Tally, copy_store, keyed_env, no_traceback, store_of
 
-from podckpt.agent import control, files, restore
+from podckpt.agent import control, criurestore, files
 from podckpt.agent.errors import GenerationInvalidError, StoreError, UsageError
 from podckpt.agent.exitcodes import AGENT_FAILURE, CHECKPOINTED
 from podckpt.agent.manifest import Trust
@@ -204,7 +204,7 @@ def test_fuzz_the_agents_inputs(
 
         def use(s: Store = store) -> None:
             parsed = s.verify(s.generation(newest))
-            restore.inherit_map(parsed.stdio)
+            criurestore.inherit_map(parsed.stdio)
             accessed = [parsed.workload, parsed.lineage_start, parsed.setid_files, parsed.root_pid]
             assert len(accessed) == 4
             files.load_entries(s.generation(newest).path, parsed.setid_files)
