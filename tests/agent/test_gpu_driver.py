@@ -1,6 +1,7 @@
-"""The agent's driver binding (agent/cuda.py) and GPU sequencing (agent/gpu.py) against the
-stand-in driver on a live process, without CRIU: the in-place checkpoint and restore a
-periodic checkpoint does, remapping onto another GPU, the driver's errors by name.
+"""The agent's driver binding (agent/cuda.py) and GPU sequencing (agent/gpu.py,
+agent/gpurestore.py) against the stand-in driver on a live process, without CRIU: the in-place
+checkpoint and restore a periodic checkpoint does, remapping onto another GPU, the driver's
+errors by name.
 
 Like test_gpu.py this tests our sequencing, not the feature on a GPU
 (see podckpt.devtools.cuda_standin).
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from podckpt.agent import cuda, gpu
+from podckpt.agent import cuda, gpu, gpurestore
 from podckpt.agent.errors import GpuError
 from podckpt.devtools.cuda_standin import H200, StandinGpu, build_library, uuid_hex
 
@@ -119,12 +120,12 @@ def test_restore_onto_another_gpu_needs_the_uuid_pair(
     (device.path / "devices").write_text(f"{H200}|{uuid_hex(9)}|{141 << 30}\n")
     with pytest.raises(GpuError, match=r"CUDA_ERROR_INVALID_DEVICE \(101\)"):
         held.driver.restore(app.pid)
-    plan = gpu.plan_restore("g1", {"gpu": record})
+    plan = gpurestore.plan_restore("g1", {"gpu": record})
     assert plan is not None
     assert plan.pairs == [
         (record["devices"][0]["uuid"], cuda.uuid_text(bytes.fromhex(uuid_hex(9))))
     ]
-    gpu.resume_restored(plan, app.pid)
+    gpurestore.resume_restored(plan, app.pid)
     assert held.driver.state(app.pid) == cuda.RUNNING
     _verify(app, tmp_path)
     with pytest.raises(GpuError, match="CUDA_ERROR_ILLEGAL_STATE"):

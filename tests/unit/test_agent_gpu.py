@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from podckpt.agent import cuda, gpu
+from podckpt.agent import cuda, gpu, gpurestore
 from podckpt.agent.errors import GenerationInvalidError, GpuError, UnsupportedProcessError
 
 _MAPPER = """\
@@ -91,8 +91,8 @@ def test_an_mps_client_is_refused(mapper: Callable[..., int], tmp_path: Path) ->
 
 
 def test_manifest_gpu_entry_is_checked_before_anything_is_loaded() -> None:
-    assert gpu.plan_restore("g1", {"format": 1}) is None
-    assert gpu.plan_restore("g1", {"gpu": None}) is None
+    assert gpurestore.plan_restore("g1", {"format": 1}) is None
+    assert gpurestore.plan_restore("g1", {"gpu": None}) is None
     for bad in (
         "H200",
         {"processes": "300", "devices": []},
@@ -101,13 +101,13 @@ def test_manifest_gpu_entry_is_checked_before_anything_is_loaded() -> None:
         {"processes": [True], "devices": []},
     ):
         with pytest.raises(GenerationInvalidError, match="malformed gpu entry"):
-            gpu.plan_restore("g1", {"gpu": bad})
+            gpurestore.plan_restore("g1", {"gpu": bad})
 
 
 def test_describe_counts_models() -> None:
-    assert gpu.describe([]) == "no GPU"
-    assert gpu.describe(["NVIDIA H200"]) == "1x NVIDIA H200"
-    assert gpu.describe(["A", "A", "B"]) == "2x A + 1x B"
+    assert gpurestore.describe([]) == "no GPU"
+    assert gpurestore.describe(["NVIDIA H200"]) == "1x NVIDIA H200"
+    assert gpurestore.describe(["A", "A", "B"]) == "2x A + 1x B"
 
 
 @pytest.mark.parametrize(

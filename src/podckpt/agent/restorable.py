@@ -20,7 +20,7 @@ from .errors import GenerationInvalidError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from . import gpu
+    from . import gpurestore
     from .context import Context
     from .generations import Generation
     from .manifest import Manifest
@@ -107,13 +107,13 @@ def not_here(ctx: Context, gen: Generation, manifest: Manifest) -> NotHere | Non
     return None
 
 
-def gpu_restore_plan(gen: Generation, manifest: Manifest) -> gpu.RestorePlan | None:
+def gpu_restore_plan(gen: Generation, manifest: Manifest) -> gpurestore.RestorePlan | None:
     """The same GPU model and count as at the dump, else GenerationRefused (before CRIU)."""
     if manifest.body.get("gpu") is None:
         return None
-    from . import gpu  # noqa: PLC0415 - ctypes and the driver only for GPU generations
+    from . import gpurestore  # noqa: PLC0415 - ctypes and the driver only for GPU generations
 
     try:
-        return gpu.plan_restore(gen.name, manifest.body)
-    except gpu.GpuMismatchError as exc:
+        return gpurestore.plan_restore(gen.name, manifest.body)
+    except gpurestore.GpuMismatchError as exc:
         raise GenerationRefused(gen.name, exc.reason) from exc

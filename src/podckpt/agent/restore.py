@@ -115,11 +115,11 @@ def try_restore(
         "connections_closed": closed_because,
     }
     if gpu_plan is not None:
-        from . import gpu  # noqa: PLC0415 - only for generations with GPU state
+        from . import gpurestore  # noqa: PLC0415 - only for generations with GPU state
 
         highest = lazy.highest_pid(root)
         try:
-            gpu.resume_restored(gpu_plan, root)  # the tree runs: the driver needs its thread
+            gpurestore.resume_restored(gpu_plan, root)  # the tree runs: the driver needs its thread
         except GpuError:
             files.remove(written)
             # The floor is above 300 now: the next attempt's CRIU (and the agent's hashing
