@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from podckpt.agent import criu, exitcodes, files
+from podckpt.agent import criu, exitcodes, filechoice, files
 from podckpt.agent.criurestore import inherit_map
 
 MOUNTINFO = """\
@@ -21,26 +21,26 @@ MOUNTINFO = """\
 """
 
 
-def _mounts(tmp_path: Path) -> dict[int, files.Mount]:
+def _mounts(tmp_path: Path) -> dict[int, filechoice.Mount]:
     proc = tmp_path / "proc" / "1"
     proc.mkdir(parents=True)
     (proc / "mountinfo").write_text(MOUNTINFO)
-    original = files.PROC
-    files.PROC = tmp_path / "proc"
+    original = filechoice.PROC
+    filechoice.PROC = tmp_path / "proc"
     try:
-        return files.read_mounts(1)
+        return filechoice.read_mounts(1)
     finally:
-        files.PROC = original
+        filechoice.PROC = original
 
 
 def test_own_mounts_are_the_root_and_writable_tmpfs_but_not_volumes(tmp_path: Path) -> None:
     mounts = _mounts(tmp_path)
-    roots, tmpfs = files.own_mount_ids(mounts, exclude=["/store"])
+    roots, tmpfs = filechoice.own_mount_ids(mounts, exclude=["/store"])
     assert roots == {2087}
     # /dev, /dev/shm, /tmp: yes; the read-only secret, anything under the store: no.
     assert tmpfs == {2089, 2090, 2093}
-    assert files.mount_of("/dev/shm/x", mounts) == mounts[2090]
-    assert files.mount_of("/var/log/app.log", mounts) == mounts[2087]
+    assert filechoice.mount_of("/dev/shm/x", mounts) == mounts[2090]
+    assert filechoice.mount_of("/var/log/app.log", mounts) == mounts[2087]
 
 
 def test_save_and_put_back_keep_content_mode_and_times(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_save_and_put_back_keep_content_mode_and_times(tmp_path: Path) -> None:
     os.utime(src / "state", ns=(1_000_000_000, 2_000_000_000))
     dest = tmp_path / "gen"
     dest.mkdir()
-    found, dirs = files.expand([str(src)])
+    found, dirs = filechoice.expand([str(src)])
     entries = files.save(found, dirs, dest)
     assert {e["path"] for e in entries} >= {str(src), str(src / "state")}
     (src / "state").unlink()

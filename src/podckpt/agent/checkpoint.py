@@ -21,7 +21,19 @@ import shutil
 from podckpt.api import CheckpointSettings, Key, qualified
 from podckpt.api.criuopts import Phase, for_phase
 
-from . import AGENT_VERSION, criu, deadline, files, gpu, images, integrity, log, proctree, stdio
+from . import (
+    AGENT_VERSION,
+    criu,
+    deadline,
+    filechoice,
+    files,
+    gpu,
+    images,
+    integrity,
+    log,
+    proctree,
+    stdio,
+)
 from .context import Context
 from .errors import (
     AgentError,
@@ -219,10 +231,10 @@ def dump(
             )
             with _reading_proc_of(uid, gid):
                 members = proctree.members(root)
-                found, dirs = files.open_files(
+                found, dirs = filechoice.open_files(
                     members, exclude=ctx.exclude, changed_since=ctx.lineage_start
                 )
-            extra_files, extra_dirs = files.expand(settings.files)
+            extra_files, extra_dirs = filechoice.expand(settings.files)
             try:
                 saved = files.save([*found, *extra_files], [*dirs, *extra_dirs], gen.path)
             except FilesError as exc:
