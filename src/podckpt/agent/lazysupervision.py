@@ -30,7 +30,7 @@ class LazySupervision:
     settings: CheckpointSettings
     exit_code: int | None
 
-    def start(self) -> None:  # pragma: no cover - Supervisor.start
+    def start(self) -> None:  # pragma: no cover - ApplicationStart.start (appstart.py)
         raise NotImplementedError
 
     def _lazy_timeout(self, timeout: float | None) -> float | None:
