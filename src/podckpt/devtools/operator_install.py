@@ -247,6 +247,35 @@ def wait_serving(cluster: NodeClusterLike, timeout: float = 240) -> None:
         time.sleep(0.5)
 
 
+def place(cluster: NodeClusterLike, node: str | None, timeout: float = 240) -> None:
+    """Pin the chart-installed operator's pods to `node` (None: any node), as an upgrade of
+    the release's values would, and wait until the moved pods serve. (The release's values
+    are read and written whole: `--reuse-values` merges a map and cannot drop a key.)"""
+    values = json.loads(helm(cluster, "get", "values", RELEASE, "-n", NAMESPACE, "-o", "json"))
+    values = values or {}
+    for component in ("webhook", "controller"):
+        section = values.setdefault(component, {})
+        if node is None:
+            section.pop("nodeSelector", None)
+        else:
+            section["nodeSelector"] = {"kubernetes.io/hostname": node}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="podckpt-values-") as file:
+        yaml.safe_dump(values, file)
+        file.flush()
+        helm(cluster, "upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, "-f", file.name)
+    for component in ("webhook", "controller"):
+        cluster.kubectl(
+            "rollout",
+            "status",
+            "--namespace",
+            NAMESPACE,
+            f"deployment/podckpt-{component}",
+            f"--timeout={int(timeout)}s",
+            timeout=timeout + 10,
+        )
+    wait_serving(cluster, timeout)
+
+
 def helm_installed(cluster: NodeClusterLike) -> bool:
     """Whether a Helm release of podckpt is installed (helm is built on demand, cached)."""
     try:
