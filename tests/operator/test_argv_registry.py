@@ -94,3 +94,22 @@ def test_unknown_image_is_denied_with_the_reason(
 def test_unreachable_registry_is_denied(kube: Kube, namespace: str) -> None:
     message = kube.denial(namespace, _pod("p", {"image": "127.0.0.1:9/app:v1"}))
     assert "registry unreachable" in message
+
+
+def test_an_unreadable_pull_secret_is_not_needed_for_a_public_image(
+    kube: Kube, namespace: str, images: dict[str, str]
+) -> None:
+    """Pods often carry pull Secrets copied from their ServiceAccount (a mirror's or a cloud
+    registry's) for images that need none. Without a grant podckpt may not read them; the
+    image's argv comes from the registry anonymously, and the pod is admitted as without
+    podckpt (it is denied only when the registry asks for credentials: test_attacks)."""
+    secret = {
+        "metadata": {"name": "mirror"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="},  # {"auths": {}}
+    }
+    kube.core.create_namespaced_secret(namespace, secret)
+    pod = _pod("with-secret", {"image": images["entry"]})
+    pod["spec"]["imagePullSecrets"] = [{"name": "mirror"}]
+    created = kube.create_pod(namespace, pod)
+    assert created["spec"]["containers"][0]["args"] == ["/entry"]

@@ -9,7 +9,9 @@ StatefulSet index, the Job completion index, the Deployment slot label) and crea
 identity's claim only if the annotation names exactly that claim and the pod mounts it as
 podckpt's store volume. A forged annotation can at most ask for the claim that podckpt would
 have created for that pod anyway. The ValidatingAdmissionPolicy in config/policy refuses
-forged `podckpt.io/*` keys at admission as well (docs/security.md, "Reserved keys").
+`podckpt.io/*` keys on pods the webhook never sees and any later change of them; on an
+opted-in pod, only this recomputation stands between a forged key and a volume
+(docs/security.md, "Reserved keys").
 """
 
 from __future__ import annotations

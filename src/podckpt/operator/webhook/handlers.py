@@ -180,8 +180,11 @@ async def _resolve_images(
 ) -> dict[str, ImageArgv]:
     if not images:
         return {}
+    refused: list[PullSecretError] = []
     try:
-        credentials = await state.secrets.credentials(state.api, namespace, pod.get("spec", {}))
+        credentials = await state.secrets.credentials(
+            state.api, namespace, pod.get("spec", {}), refused=refused
+        )
     except PullSecretError as exc:
         raise Denied(str(exc), code=exc.code) from None
 
@@ -189,6 +192,9 @@ async def _resolve_images(
         try:
             return container, await state.resolver.resolve(image, credentials)
         except ImageConfigError as exc:
+            if refused:
+                # The registry wanted what a Secret podckpt may not read would have given.
+                raise Denied(f"{refused[0]} ({exc})", code=refused[0].code) from None
             raise Denied(
                 f"podckpt: cannot wrap container {container!r}: {exc}. Set `command` on the"
                 " container, or give the pod an imagePullSecret for its registry"

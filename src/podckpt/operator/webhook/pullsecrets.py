@@ -64,15 +64,31 @@ class PullSecrets:
         self._cache: dict[tuple[str, str], tuple[float, Mapping[str, Any] | None]] = {}
 
     async def credentials(
-        self, api: KubeAPI | None, namespace: str, spec: Mapping[str, Any]
+        self,
+        api: KubeAPI | None,
+        namespace: str,
+        spec: Mapping[str, Any],
+        *,
+        refused: list[PullSecretError] | None = None,
     ) -> dict[str, Credential]:
-        """Registry host -> credential from the pod's `imagePullSecrets`, in its namespace."""
+        """Registry host -> credential from the pod's `imagePullSecrets`, in its namespace.
+
+        A Secret podckpt may not read (403: no grant in this namespace) raises, or, with
+        `refused`, is left out and recorded there: many pods carry pull Secrets (copied from
+        their ServiceAccount) for images that need none, and those must not be denied for a
+        Secret nobody needed. The caller denies only if the registry then asks for one."""
         secrets = []
         for ref in spec.get("imagePullSecrets") or ():
             name = ref.get("name") if isinstance(ref, Mapping) else None
             if not name:
                 continue
-            body = await self._read(api, namespace, str(name))
+            try:
+                body = await self._read(api, namespace, str(name))
+            except PullSecretError as exc:
+                if refused is None or exc.code != 403:
+                    raise
+                refused.append(exc)
+                continue
             if body is not None:
                 secrets.append(body)
         return credentials_from_secrets(secrets)
