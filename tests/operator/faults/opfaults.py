@@ -159,6 +159,8 @@ class Verdict:
     duplicate_slots: list[str] = dataclasses.field(default_factory=list)
     missing_claims: list[str] = dataclasses.field(default_factory=list)
     extra_claims: list[str] = dataclasses.field(default_factory=list)
+    #: claims of Deployment slots whose pod the ReplicaSet deleted as surplus: kept by design
+    kept_claims: list[str] = dataclasses.field(default_factory=list)
     bad_owners: list[str] = dataclasses.field(default_factory=list)
     short: list[str] = dataclasses.field(default_factory=list)
     #: Pods still behind the controller's volume gate: the controller lost track of them.
@@ -229,10 +231,12 @@ def judge(kube: Kube, placed: list[tuple[str, Workload]]) -> Verdict:
             for c in kube.core.list_namespaced_persistent_volume_claim(namespace).items
         }
         v.missing_claims += [f"{namespace}/{c}" for c in claims if c not in pvcs]
-        v.extra_claims += [f"{namespace}/{c}" for c in pvcs if c not in claims]
+        kept = _surplus_slot_claims(kube, namespace, workloads, set(pvcs) - set(claims))
+        v.kept_claims += [f"{namespace}/{c}" for c in kept]
+        v.extra_claims += [f"{namespace}/{c}" for c in pvcs if c not in claims and c not in kept]
         for name, pvc in pvcs.items():
             refs = pvc.metadata.owner_references or []
-            app = claims.get(name)
+            app = claims.get(name) or kept.get(name)
             w = workloads.get(app or "")
             want = (w.owner_kind, w.name) if w else None
             if (
@@ -244,6 +248,36 @@ def judge(kube: Kube, placed: list[tuple[str, Workload]]) -> Verdict:
             ):
                 v.bad_owners.append(f"{namespace}/{name}: {[(r.kind, r.name) for r in refs]}")
     return v
+
+
+_DELETED_POD = re.compile(r"^Deleted pod: (\S+)$")
+
+
+def _surplus_slot_claims(
+    kube: Kube, namespace: str, workloads: dict[str, Workload], unheld: set[str]
+) -> dict[str, str]:
+    """The claims of `unheld` that a Deployment keeps by design, by workload name: a slot's
+    claim whose pod its ReplicaSet deleted as surplus. An API server killed after storing a
+    pod but before answering makes the ReplicaSet create the pod again (in the next slot,
+    the first one's being live) and then delete the extra one; the slot's claim stays with
+    the Deployment, as a scaled-down Deployment's upper slots do (docs/architecture.md,
+    "Deployment slots"), for the next pod that takes the slot."""
+    deleted = {
+        m[1]
+        for e in kube.core.list_namespaced_event(namespace).items
+        if e.reason == "SuccessfulDelete" and (m := _DELETED_POD.match(e.message or ""))
+    }
+    kept: dict[str, str] = {}
+    for claim in unheld:
+        for w in workloads.values():
+            prefix = f"podckpt-deployment-{w.name}-"
+            slot = claim.removeprefix(prefix)
+            if w.kind != "Deployment" or not claim.startswith(prefix) or not slot.isdigit():
+                continue
+            pod = re.compile(rf"^{re.escape(w.name)}-slot-{slot}(-\d+)?$")
+            if any(pod.match(name) for name in deleted):
+                kept[claim] = w.name
+    return kept
 
 
 def verify(kube: Kube, placed: list[tuple[str, Workload]], timeout: float = 90) -> Verdict:

@@ -139,12 +139,13 @@ def test_apiserver_restarted_while_the_webhook_admits(
     create_all(kube, placed)
     before = _when(lambda: _pods(kube, namespace), at)
     down = restart_apiserver(apiserver_cluster, crash=crash)
-    verify(kube, placed, timeout=120)
+    verdict = verify(kube, placed, timeout=120)
     TALLY.add("apiserver-restart-admission")
     TALLY.notes.append(
         f"API server {'killed' if crash else 'shut down'} while admitting: restart after"
         f" {before} of 50 pods, down {down:.1f} s, {refused_creations(kube, namespace)}"
-        " creations refused and retried"
+        f" creations refused and retried, {len(verdict.kept_claims)} slot claim(s) of pods"
+        " deleted as surplus kept"
     )
 
 

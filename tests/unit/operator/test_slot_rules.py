@@ -109,6 +109,19 @@ def test_reservation_ends_when_the_pod_shows_up_live() -> None:
     assert set(book.reserved("ns", WEB.slot_group)) == {1}
 
 
+def test_reservation_ends_when_its_pod_shows_up_finished() -> None:
+    """A pod failed by its node's graceful shutdown seconds after its admission (within the
+    reservation's lifetime): its replacement takes the same slot under the next name, so it
+    restores the checkpoint written at that shutdown (found by the e2e graceful-shutdown test:
+    the replacement took slot 1 and started fresh)."""
+    book = SlotBook(ttl_seconds=60)
+    assert book.assign("ns", WEB, []) == SlotChoice(0, "web-slot-0")
+    assert book.assign("ns", WEB, [h(0, GONE)]) == SlotChoice(0, "web-slot-0-1")
+    # the reservation now stands for web-slot-0-1, which the finished web-slot-0 does not end
+    assert book.reserved("ns", WEB.slot_group) == {0: "web-slot-0-1"}
+    assert book.assign("ns", WEB, [h(0, GONE)]) == SlotChoice(1, "web-slot-1")
+
+
 def test_expired_reservations_are_forgotten() -> None:
     book = SlotBook(ttl_seconds=-1)
     assert book.assign("ns", WEB, []).slot == 0

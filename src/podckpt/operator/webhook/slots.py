@@ -23,7 +23,8 @@ class SlotBook:
 
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
-        self._reserved: dict[tuple[str, str], dict[int, float]] = {}
+        #: (namespace, slot group) -> slot -> (expiry, the pod name handed out for it)
+        self._reserved: dict[tuple[str, str], dict[int, tuple[float, str]]] = {}
 
     def assign(
         self,
@@ -37,23 +38,34 @@ class SlotBook:
         """The slot and pod name for a new pod of `identity`'s slot group."""
         now = time.monotonic()
         holders = list(holders)
-        # A reservation ends early once a live or terminating pod holds its slot (the pod it
-        # was made for, stored; or that pod deleted already). A finished pod does not end it.
+        # A reservation ends early once its slot is held by a live or terminating pod, or once
+        # the pod it was made for is stored, in whatever state: that pod may have finished
+        # already (a pod failed by its node's shutdown seconds after its admission), and its
+        # replacement must then take the slot under the next name, not the next slot. A
+        # finished pod of another name (the predecessor whose slot was handed out again)
+        # does not end it.
         held = {h.slot for h in holders if h.state is not HolderState.GONE}
+        stored = {h.name for h in holders}
         key = (namespace, identity.slot_group)
         reservations = {
-            slot: expiry
-            for slot, expiry in self._reserved.get(key, {}).items()
-            if expiry > now and slot not in held
+            slot: (expiry, name)
+            for slot, (expiry, name) in self._reserved.get(key, {}).items()
+            if expiry > now and slot not in held and name not in stored
         }
         choice = choose_slot(identity, holders, reservations, taken_names=taken_names)
         if reserve and not choice.waits:
-            reservations[choice.slot] = now + self._ttl
+            reservations[choice.slot] = (now + self._ttl, choice.name)
         if reservations:
             self._reserved[key] = reservations
         else:
             self._reserved.pop(key, None)
         return choice
 
-    def reserved(self, namespace: str, group: str) -> Mapping[int, float]:
-        return dict(self._reserved.get((namespace, group), {}))
+    def reserved(self, namespace: str, group: str) -> Mapping[int, str]:
+        """The slots reserved now, and the pod name each was handed out under."""
+        now = time.monotonic()
+        return {
+            slot: name
+            for slot, (expiry, name) in self._reserved.get((namespace, group), {}).items()
+            if expiry > now
+        }
