@@ -8,11 +8,13 @@ so a failing case is reproduced by running the same test with the same seed.
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from faultkit import SEED, TALLY, Tally
+
+from podckpt.devtools import faultsummary
 
 
 @pytest.fixture
@@ -26,19 +28,12 @@ def seed() -> int:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not TALLY.cases:
-        return
-    failed = len(terminalreporter.stats.get("failed", ())) + len(
-        terminalreporter.stats.get("error", ())
-    )
-    parts = ", ".join(f"{name} {count}" for name, count in sorted(TALLY.cases.items()))
-    total = sum(TALLY.cases.values())
-    verdict = (
-        "0 tracebacks, 0 damaged committed generations, 0 crash loops"
-        if not failed
-        else f"{failed} failing test(s): see above"
-    )
-    terminalreporter.write_line(
-        f"fault-injection summary: {total} cases ({parts}): {verdict}"
-        f" [seed {SEED}, {time.monotonic() - TALLY.started:.0f} s]"
+    faultsummary.write(
+        terminalreporter,
+        folder=Path(__file__).parent,
+        title="fault-injection summary",
+        cases=TALLY.cases,
+        promise="0 tracebacks, 0 damaged committed generations, 0 crash loops",
+        seed=SEED,
+        started=TALLY.started,
     )

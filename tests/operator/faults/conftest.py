@@ -18,6 +18,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from kubehelpers import Kube, eventually
 from kubernetes import client
 from opfaults import CLASS, SEED, TALLY, NamespaceFactory
 
+from podckpt.devtools import faultsummary
 from podckpt.devtools.operator_harness import Operator
 from podckpt.devtools.operator_replicas import ReplicatedOperator
 
@@ -90,21 +92,15 @@ def seed() -> int:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not TALLY.cases:
-        return
-    failed = len(terminalreporter.stats.get("failed", ())) + len(
-        terminalreporter.stats.get("error", ())
+    faultsummary.write(
+        terminalreporter,
+        folder=Path(__file__).parent,
+        title="operator fault summary",
+        cases=TALLY.cases,
+        checked=f", {TALLY.pods} pods checked",
+        promise="0 duplicate slots, 0 duplicate or missing PVCs, 0 pods admitted uninjected",
+        seed=SEED,
+        started=TALLY.started,
+        notes=TALLY.notes,
+        note_title="operator fault note",
     )
-    parts = ", ".join(f"{name} {count}" for name, count in sorted(TALLY.cases.items()))
-    total = sum(TALLY.cases.values())
-    verdict = (
-        "0 duplicate slots, 0 duplicate or missing PVCs, 0 pods admitted uninjected"
-        if not failed
-        else f"{failed} failing test(s): see above"
-    )
-    terminalreporter.write_line(
-        f"operator fault summary: {total} cases ({parts}), {TALLY.pods} pods checked: {verdict}"
-        f" [seed {SEED}, {time.monotonic() - TALLY.started:.0f} s]"
-    )
-    for note in TALLY.notes:
-        terminalreporter.write_line(f"operator fault note: {note}")
