@@ -51,11 +51,13 @@ KEY_MIN_BYTES = 16
 KEY_MAX_BYTES = 4096
 #: Digest algorithms a checksum entry may use (hashlib names); sha256 is what commit writes.
 DIGESTS = ("sha256", "blake2b", "sha512")
+#: The manifest's file name in a generation's directory.
+FILENAME = "manifest.json"
 #: Files of a generation that are not covered by its checksums: written after the commit, by
 #: the agent or by CRIU's restore (its statistics; CRIU never reads them back).
 UNCHECKED = frozenset(
     {
-        "manifest.json",
+        FILENAME,
         "RESTORED",
         "FAILED",
         "LAZY-FAILED",
@@ -207,7 +209,7 @@ def parse(
 ) -> Manifest:
     """Validate a manifest read from generation `name`. Raises GenerationInvalidError."""
     try:
-        body = decode_json(data, "manifest.json")
+        body = decode_json(data, FILENAME)
     except BadInput as exc:
         raise GenerationInvalidError(name, str(exc)) from None
     if not isinstance(body, dict):

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .generations import Generation
     from .store import Store
 
-MANIFEST = "manifest.json"
+MANIFEST = manifest_format.FILENAME
 
 
 def read_manifest(store: Store, gen: Generation) -> Manifest:
