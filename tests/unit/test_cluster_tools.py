@@ -69,6 +69,18 @@ def test_port_in_use_is_one_clear_error() -> None:
             components.require_free_port(port, "kube-apiserver", "MY_PORT")
 
 
+def test_free_ports_are_below_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    """A port from the ephemeral range can be taken by an outgoing connection while a
+    component restarts on it (EADDRINUSE in the operator fault suite)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [components.free_port() for _ in range(20)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= p < low for p in ports), ports
+    with socket.socket() as sock:  # each is bindable now
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", ports[0]))
+
+
 def test_certificates_chain_to_the_ca_and_carry_identities(tmp_path: Path) -> None:
     ca = pki.CertificateAuthority(tmp_path)
     client = ca.issue("admin", "kubernetes-admin", orgs=("system:masters",), client=True)

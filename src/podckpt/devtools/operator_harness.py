@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+
+from podckpt.devtools.cluster import components
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "config"
@@ -48,34 +49,10 @@ class ClusterLike(Protocol):
     def token_kubeconfig(self, namespace: str, serviceaccount: str) -> Path: ...
 
 
-_HANDED_OUT: set[int] = set()
-
-
 def free_port() -> int:
-    """A port free now, below the kernel's ephemeral range. A port from that range (what
-    binding port 0 gives) can be taken as the local port of any outgoing connection before
-    the server binds it: a restarted controller failed with EADDRINUSE (fault suite)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.SystemRandom()
-    for _ in range(500):
-        port = rng.randrange(max(1024, low - 12000), low)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("0.0.0.0", port))  # noqa: S104 - probing, closed at once
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    with socket.socket() as sock:  # no luck below the range: any free port
-        sock.bind(("127.0.0.1", 0))
-        found: int = sock.getsockname()[1]
-        return found
+    """A port free now on every address, below the kernel's ephemeral range
+    (`components.free_port`)."""
+    return components.free_port("0.0.0.0")  # noqa: S104 - probing, closed at once
 
 
 def load_manifests(*relative: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import signal
 import socket
 import ssl
@@ -156,12 +157,37 @@ def wait_until(
         time.sleep(interval)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+#: Ports this process handed out: two callers never get the same one before either binds it.
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free now on `host`, below the kernel's ephemeral range. A port from that
+    range (what binding port 0 gives) can be taken as the local port of any outgoing
+    connection before the server binds it, or while it restarts on it: a restarted
+    controller failed with EADDRINUSE in the operator fault suite, and the API server and
+    kubelets are restarted on their ports too."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # any free port, then
+        sock.bind((host, 0))
+        found: int = sock.getsockname()[1]
+        return found
 
 
 def require_free_port(port: int, what: str, env_var: str) -> int:
