@@ -8,6 +8,7 @@ so a failing case is reproduced by running the same test with the same seed.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,13 @@ import pytest
 from faultkit import SEED, TALLY, Tally
 
 from podckpt.devtools import faultsummary
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_clock() -> None:
+    """The summary's seconds are the suite's own, from its first test (not from collection,
+    which is the whole session's time when the other tiers run too)."""
+    TALLY.started = time.monotonic()
 
 
 @pytest.fixture
