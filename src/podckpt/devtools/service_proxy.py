@@ -17,12 +17,13 @@ Used by the operator fault suite (two webhook replicas behind one URL).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
 import sys
 from pathlib import Path
+
+from podckpt.devtools.cluster.forward import pipe
 
 
 class Endpoints:
@@ -65,18 +66,6 @@ def write_endpoints(path: Path, endpoints: list[tuple[str, int]]) -> None:
     tmp.replace(path)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
-
-
 async def serve(port: int, endpoints: Endpoints, rng: random.Random) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         choices = endpoints.current()
@@ -89,7 +78,7 @@ async def serve(port: int, endpoints: Endpoints, rng: random.Random) -> None:
         except OSError:
             writer.transport.abort()  # a reset, not a clean close
             return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, reuse_address=True, backlog=256)
     stop = asyncio.Event()

@@ -18,7 +18,8 @@ import signal
 import sys
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction of a proxied connection until it ends (also service_proxy.py's)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
@@ -37,7 +38,7 @@ async def serve(listen: tuple[str, int], target: tuple[str, int]) -> None:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     server = await asyncio.start_server(handle, *listen, reuse_address=True)
     stop = asyncio.Event()
