@@ -435,7 +435,7 @@ def main() -> None:
     out += [
         "",
         "**Digest of the page image** (the same generation, page cache warm, the agent's"
-        " Python in the sandbox): SHA-256 in one stream, SHA-256 in 64 MiB chunks on the"
+        " Python in the sandbox): SHA-256 in one stream, SHA-256 in 16 MiB chunks on the"
         " agent's threads (what the agent does, `integrity.PageVerifier`), and zlib's CRC32,"
         ' the cheaper digest not chosen (docs/agent.md "One pass over the bytes").',
         "",

@@ -9,7 +9,7 @@
                                    agent's own options (the tree runs when CRIU exits); prints
                                    JSON on stderr, then reaps children until SIGTERM
     hashspeed FILE                 seconds to digest FILE (page cache warm): SHA-256 in one
-                                   stream, SHA-256 in 64 MiB chunks on the agent's threads
+                                   stream, SHA-256 in 16 MiB chunks on the agent's threads
                                    (what it does), zlib CRC32 in one stream; prints JSON
 """
 

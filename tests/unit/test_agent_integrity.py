@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from podckpt.agent import integrity
+from podckpt.agent import durable, integrity
 from podckpt.agent.errors import GenerationInvalidError
 from podckpt.agent.integrity import CHUNK_BYTES, ImageHasher, PageVerifier
 from podckpt.agent.manifest import FileEntry
@@ -58,6 +59,75 @@ def test_images_are_hashed_while_they_are_written(tmp_path: Path) -> None:
     assert digests["images/pages-1.img"].size == len(first)
     assert list(digests["images/pages-1.img"].chunks or ()) == _chunks(first)
     assert list(digests["images/pages-2.img"].chunks or ()) == _chunks(second)
+
+
+def test_the_writeback_follows_what_is_written_not_what_is_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every byte of every page image is handed to the writeback, in order, while it is
+    written: also when no hashing thread is free (here: none is, until CRIU is done)."""
+    asked: dict[str, list[tuple[int, int]]] = {}
+
+    def record(self: durable.Writeback, fd: int, offset: int, length: int) -> None:
+        del self
+        asked.setdefault(os.readlink(f"/proc/self/fd/{fd}"), []).append((offset, length))
+
+    monkeypatch.setattr(durable.Writeback, "submit", record)
+    gate = threading.Event()
+    real_hash = integrity._hash_range
+
+    def held(*args: object, **kwargs: object) -> tuple[str, int]:
+        gate.wait()
+        return real_hash(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(integrity, "_hash_range", held)
+    (tmp_path / "images").mkdir()
+    data = os.urandom(3 * integrity.WRITEBACK_STEP + 777)
+    hasher = ImageHasher(tmp_path, threads=1)
+    hasher.start()
+    writer = _writer(tmp_path / "images" / "pages-1.img", data, 1 << 20)
+    writer.start()
+    writer.join()
+    path = str(tmp_path / "images" / "pages-1.img")
+    deadline = time.monotonic() + 10
+    # all but the last step's worth, which waits for more bytes or for CRIU's end
+    while sum(n for _, n in asked.get(path, ())) <= len(data) - integrity.WRITEBACK_STEP:
+        assert time.monotonic() < deadline, asked  # followed while nothing was hashed
+        time.sleep(0.01)
+    gate.set()
+    digests = hasher.finish()
+    ranges = asked[path]
+    assert [offset for offset, _ in ranges] == list(
+        itertools.accumulate([0] + [n for _, n in ranges[:-1]])
+    )
+    assert sum(n for _, n in ranges) == len(data)
+    assert list(digests["images/pages-1.img"].chunks or ()) == _chunks(data)
+
+
+def test_writeback_never_keeps_a_descriptor(tmp_path: Path) -> None:
+    """Each range holds a duplicate of its descriptor until its call is made; `close` drops
+    what is still waiting, and nothing submitted afterwards is kept."""
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    before = len(os.listdir("/proc/self/fd"))
+    writeback = durable.Writeback()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in range(0, 1 << 20, 64 << 10):
+            writeback.submit(fd, offset, 64 << 10)
+        deadline = time.monotonic() + 10
+        while writeback.pending:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        writeback.close()
+        writeback.submit(fd, 0, 4096)
+        assert writeback.pending == 0
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/fd")) > before:  # the call in progress closes its own
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 def test_an_empty_page_image_has_no_chunks(tmp_path: Path) -> None:

@@ -7,10 +7,10 @@ here, slower than CRIU writes, and the chunks let the other core(s) share the wo
 
 Dump. CRIU writes each page image sequentially, appending. `ImageHasher` threads follow the
 images as they grow and hash every chunk as soon as CRIU has written it, from the page cache,
-while CRIU still dumps; each hashed chunk's writeback is started at once
-(durable.start_writeback), so the commit's fsync finds the data mostly on disk. When CRIU
-exits, only the chunks written last are left; the commit hashes the small images and the
-saved files itself.
+while CRIU still dumps; each hashed chunk's writeback is started at once (durable.Writeback,
+a thread of its own: a slow disk never holds up the hashing), so the commit's fsync finds the
+data mostly on disk. When CRIU exits, only the chunks written last are left; the commit hashes
+the small images and the saved files itself.
 
 Restore. Every file except the page images is verified before CRIU runs: those images steer
 what CRIU does as root (files it opens and creates, sockets, the process tree). Page images
@@ -42,7 +42,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .manifest import FileEntry
 
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 16 << 20
+#: The writeback of a page image is asked for in steps of at least this many bytes.
+WRITEBACK_STEP = 4 << 20
 _READ = 1 << 20
 _IDLE_WAIT_S = 0.002
 
@@ -104,6 +106,8 @@ class _Image:
         self.digests: dict[int, str] = {}
         self.next_chunk = 0
         self.failed = False
+        #: Bytes whose writeback has been asked for (from the start of the file).
+        self.flushing = 0
 
 
 class ImageHasher:
@@ -118,15 +122,41 @@ class ImageHasher:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._files: dict[str, _Image] = {}
-        self._writeback = True
+        self._writeback = durable.Writeback()
         self._threads = [
             threading.Thread(target=self._work, name="podckpt-hash", daemon=True)
             for _ in range(threads or workers())
         ]
+        self._follower = threading.Thread(target=self._follow, name="podckpt-follow", daemon=True)
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+        self._follower.start()
+
+    def _follow(self) -> None:
+        """Hand what CRIU has written to the writeback as soon as it is written, whether or
+        not a hashing thread is free to take it (they are busy on 2 cores): the disk then
+        works from CRIU's first megabytes on."""
+        while True:
+            done = self._done.is_set()  # read before looking: then nothing is missed
+            ranges = []
+            with self._lock:
+                self._scan()
+                for image in self._files.values():
+                    try:
+                        size = os.fstat(image.fd).st_size
+                    except OSError:
+                        continue
+                    if size - image.flushing >= WRITEBACK_STEP or (done and size > image.flushing):
+                        ranges.append((image.fd, image.flushing, size - image.flushing))
+                        image.flushing = size
+                # submitted under the lock: finish() closes the fds only after this thread
+                for fd, offset, length in ranges:
+                    self._writeback.submit(fd, offset, length)
+            if done:
+                return
+            self._done.wait(_IDLE_WAIT_S)
 
     def _scan(self) -> None:
         try:
@@ -181,17 +211,14 @@ class ImageHasher:
                 continue
             with self._lock:
                 image.digests[index] = digest
-            if self._writeback and not durable.start_writeback(
-                image.fd, index * CHUNK_BYTES, length
-            ):
-                self._writeback = False
 
     def finish(self) -> dict[str, Digest]:
         """Digests of the page images, complete once CRIU has exited."""
         self._done.set()
-        for thread in self._threads:
+        for thread in [*self._threads, self._follower]:
             if thread.ident is not None:
                 thread.join()
+        self._writeback.close()
         result = {}
         for rel, image in self._files.items():
             try:
