@@ -72,3 +72,21 @@ def test_nothing_is_printed_when_no_case_ran() -> None:
     reporter = Reporter([])
     _write(reporter, {})
     assert reporter.lines == []
+
+
+def test_seconds_end_with_the_suites_last_test() -> None:
+    """The line is printed at the session's end; a suite that ran first in a 33-minute CI run
+    printed 1657 s for its own ~5 minutes."""
+    reporter = Reporter([])
+    now = time.monotonic()
+    faultsummary.write(
+        reporter,
+        folder=ROOT / "tests/agent/faults",
+        title="fault-injection summary",
+        cases={"sigkill-dump": 1},
+        promise="0 damaged",
+        seed=16,
+        started=now - 1000,
+        ended=now - 700,
+    )
+    assert reporter.lines[0].endswith("[seed 16, 300 s]")

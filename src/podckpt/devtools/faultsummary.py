@@ -29,11 +29,15 @@ def write(
     promise: str,
     seed: int,
     started: float,
+    ended: float | None = None,
     checked: str = "",
     notes: Iterable[str] = (),
     note_title: str = "",
 ) -> None:
-    """Print the suite's summary line (nothing when none of its cases ran), then its notes."""
+    """Print the suite's summary line (nothing when none of its cases ran), then its notes.
+
+    Its seconds run from `started` (the suite's first test) to `ended` (the end of its last
+    one): the line is printed at the end of the session, after the other tiers have run too."""
     if not cases:
         return
     failed = failed_in(terminalreporter, folder)
@@ -41,7 +45,7 @@ def write(
     verdict = promise if not failed else f"{failed} failing test(s): see above"
     terminalreporter.write_line(
         f"{title}: {sum(cases.values())} cases ({parts}){checked}: {verdict}"
-        f" [seed {seed}, {time.monotonic() - started:.0f} s]"
+        f" [seed {seed}, {(ended if ended is not None else time.monotonic()) - started:.0f} s]"
     )
     for note in notes:
         terminalreporter.write_line(f"{note_title}: {note}")

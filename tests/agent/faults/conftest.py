@@ -35,6 +35,11 @@ def seed() -> int:
     return SEED
 
 
+def pytest_runtest_teardown() -> None:
+    """A test of this folder has ended: the suite's time runs at least until here."""
+    TALLY.ended = time.monotonic()
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     faultsummary.write(
         terminalreporter,
@@ -44,4 +49,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         promise="0 tracebacks, 0 damaged committed generations, 0 crash loops",
         seed=SEED,
         started=TALLY.started,
+        ended=TALLY.ended,
     )

@@ -30,6 +30,8 @@ class Tally:
     def __init__(self) -> None:
         self.cases: collections.Counter[str] = collections.Counter()
         self.started = time.monotonic()
+        #: When the suite's last test so far ended (its summary's seconds end there).
+        self.ended: float | None = None
 
     def add(self, scenario: str, count: int = 1) -> None:
         self.cases[scenario] += count

@@ -91,6 +91,11 @@ def seed() -> int:
     return SEED
 
 
+def pytest_runtest_teardown() -> None:
+    """A test of this folder has ended: the suite's time runs at least until here."""
+    TALLY.ended = time.monotonic()
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     faultsummary.write(
         terminalreporter,
@@ -101,6 +106,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         promise="0 duplicate slots, 0 duplicate or missing PVCs, 0 pods admitted uninjected",
         seed=SEED,
         started=TALLY.started,
+        ended=TALLY.ended,
         notes=TALLY.notes,
         note_title="operator fault note",
     )

@@ -52,6 +52,8 @@ class Tally:
         self.pods = 0
         self.notes: list[str] = []
         self.started = time.monotonic()
+        #: When the suite's last test so far ended (its summary's seconds end there).
+        self.ended: float | None = None
 
     def add(self, scenario: str, count: int = 1) -> None:
         self.cases[scenario] += count
