@@ -3,7 +3,6 @@ failures elsewhere printed "2 failing test(s)" under a clean agent fault suite).
 
 from __future__ import annotations
 
-import time
 import types
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def _write(reporter: Reporter, cases: dict[str, int]) -> None:
         cases=cases,
         promise="0 damaged",
         seed=16,
-        started=time.monotonic(),
+        clock=faultsummary.SuiteClock(),
         notes=["a note"],
         note_title="fault note",
     )
@@ -78,7 +77,8 @@ def test_seconds_end_with_the_suites_last_test() -> None:
     """The line is printed at the session's end; a suite that ran first in a 33-minute CI run
     printed 1657 s for its own ~5 minutes."""
     reporter = Reporter([])
-    now = time.monotonic()
+    clock = faultsummary.SuiteClock()
+    clock.started, clock.ended = 1000.0, 1300.0
     faultsummary.write(
         reporter,
         folder=ROOT / "tests/agent/faults",
@@ -86,7 +86,6 @@ def test_seconds_end_with_the_suites_last_test() -> None:
         cases={"sigkill-dump": 1},
         promise="0 damaged",
         seed=16,
-        started=now - 1000,
-        ended=now - 700,
+        clock=clock,
     )
     assert reporter.lines[0].endswith("[seed 16, 300 s]")

@@ -8,7 +8,6 @@ so a failing case is reproduced by running the same test with the same seed.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from podckpt.devtools import faultsummary
 def _suite_clock() -> None:
     """The summary's seconds are the suite's own, from its first test (not from collection,
     which is the whole session's time when the other tiers run too)."""
-    TALLY.started = time.monotonic()
+    TALLY.clock.start()
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def seed() -> int:
 
 def pytest_runtest_teardown() -> None:
     """A test of this folder has ended: the suite's time runs at least until here."""
-    TALLY.ended = time.monotonic()
+    TALLY.clock.lap()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -48,6 +47,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         cases=TALLY.cases,
         promise="0 tracebacks, 0 damaged committed generations, 0 crash loops",
         seed=SEED,
-        started=TALLY.started,
-        ended=TALLY.ended,
+        clock=TALLY.clock,
     )

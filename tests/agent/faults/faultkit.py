@@ -7,7 +7,6 @@ import collections
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from podckpt.agent.generations import FAILED, RESTORED
 from podckpt.agent.manifest import Trust
 from podckpt.agent.store import Store
 from podckpt.api import contract
+from podckpt.devtools import faultsummary
 from podckpt.devtools.sandbox import Sandbox
 
 SEED = int(os.environ.get("FAULT_SEED", "16"))
@@ -29,9 +29,7 @@ class Tally:
 
     def __init__(self) -> None:
         self.cases: collections.Counter[str] = collections.Counter()
-        self.started = time.monotonic()
-        #: When the suite's last test so far ended (its summary's seconds end there).
-        self.ended: float | None = None
+        self.clock = faultsummary.SuiteClock()
 
     def add(self, scenario: str, count: int = 1) -> None:
         self.cases[scenario] += count

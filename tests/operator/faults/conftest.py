@@ -15,7 +15,6 @@ Seeded: FAULT_SEED (default 16) chooses every kill point and restart moment.
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +43,7 @@ def replicated(
             "volumeBindingMode": "WaitForFirstConsumer",
         }
     )
-    TALLY.started = time.monotonic()  # the suite's own time, not the session's
+    TALLY.clock.start()  # the suite's own time, not the session's
     rep = ReplicatedOperator(apiserver_cluster, replicas=2)
     try:
         rep.install()
@@ -93,7 +92,7 @@ def seed() -> int:
 
 def pytest_runtest_teardown() -> None:
     """A test of this folder has ended: the suite's time runs at least until here."""
-    TALLY.ended = time.monotonic()
+    TALLY.clock.lap()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -105,8 +104,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         checked=f", {TALLY.pods} pods checked",
         promise="0 duplicate slots, 0 duplicate or missing PVCs, 0 pods admitted uninjected",
         seed=SEED,
-        started=TALLY.started,
-        ended=TALLY.ended,
+        clock=TALLY.clock,
         notes=TALLY.notes,
         note_title="operator fault note",
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from kubehelpers import Kube
 
+from podckpt.devtools import faultsummary
 from podckpt.devtools.cluster import components
 from podckpt.devtools.cluster.components import Process
 
@@ -51,9 +52,7 @@ class Tally:
         self.cases: collections.Counter[str] = collections.Counter()
         self.pods = 0
         self.notes: list[str] = []
-        self.started = time.monotonic()
-        #: When the suite's last test so far ended (its summary's seconds end there).
-        self.ended: float | None = None
+        self.clock = faultsummary.SuiteClock()
 
     def add(self, scenario: str, count: int = 1) -> None:
         self.cases[scenario] += count
