@@ -8,6 +8,12 @@ that final dump: half the cases at a drawn moment from its start to its commit's
 a drawn system call of its commit (checksums, fsyncs, manifest, LATEST). The hashing and fsync
 threads make call counts vary a little from run to run: a drawn call past the end is a case
 that was not killed (counted, and at most a quarter of them).
+
+The final dump's length is not stable on a shared disk: the same 1 GiB dump took 0.85 s or
+2.8 s in one CI run (the host's dirty-page writeback), and moments drawn up to the calibrated
+2.8 s landed after a 0.85 s dump in 7 of 10 cases. So the window moments are drawn from
+shrinks to the shortest final dump seen so far: a case that was not killed tells the next
+draws how short the dump can be.
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ def test_sigkill_at_random_moments_of_a_1_gib_checkpoint(
             assert requested in intact, f"case {case} ({fault}): lost {requested}"
             if code == CHECKPOINTED:
                 outcomes["not killed"] += 1
+                seen = float(phases(box, "sigterm", "checkpointed")[0]["duration_s"])
+                total_s = min(total_s, seen)
             else:
                 kept = latest == requested
                 outcomes["killed, old kept" if kept else "killed, new committed"] += 1
