@@ -83,7 +83,15 @@ def _memhog(work: Path) -> Path:
 LAZY_CAPABILITIES = ["SYS_ADMIN", "NET_ADMIN", "SYS_TIME", "SYS_CHROOT", "SYS_PTRACE"]
 
 
-def _statefulset(image: str, mib: int, *, lazy: bool = False) -> dict[str, Any]:
+#: The uid of the `--user-sizes` rows: a runAsUser makes the user probe unneeded.
+APP_UID = 1000
+#: The webhook's user probe of the first container (operator/webhook/security.py).
+USER_PROBE = "podckpt-user-0"
+
+
+def _statefulset(
+    image: str, mib: int, *, lazy: bool = False, run_as_user: int | None = None
+) -> dict[str, Any]:
     limit = f"{mib + 64}Mi"
     container: dict[str, Any] = {
         "name": "app",
@@ -96,6 +104,8 @@ def _statefulset(image: str, mib: int, *, lazy: bool = False) -> dict[str, Any]:
     if lazy:
         container["securityContext"] = {"capabilities": {"add": list(LAZY_CAPABILITIES)}}
         annotations[f"{P}restore-mode"] = "lazy"
+    if run_as_user is not None:
+        container.setdefault("securityContext", {})["runAsUser"] = run_as_user
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -256,6 +266,10 @@ def _steps(
     old_exit = times.get("old_app_exit") or _epoch(old["exit"]["ts"])
     restored = _epoch(restore["ts"])
     agent_start = restored - float(restore.get("since_process_start_s") or restore["duration_s"])
+    probe_start, probe_exit = (
+        times.get(f"new_{USER_PROBE}_start"),
+        times.get(f"new_{USER_PROBE}_exit"),
+    )
     marks = [
         ("delete_to_old_exit", t0, old_exit),
         ("old_exit_to_pod_gone", old_exit, times.get("old_pod_gone")),
@@ -265,6 +279,9 @@ def _steps(
         ("sandbox_to_init", times.get("new_sandbox_start"), times.get("new_podckpt-bundle_start")),
         ("init_copy", times.get("new_podckpt-bundle_start"), times.get("new_podckpt-bundle_exit")),
         ("init_to_app", times.get("new_podckpt-bundle_exit"), times.get("new_app_start")),
+        ("init_to_probe", times.get("new_podckpt-bundle_exit"), probe_start),
+        ("probe_run", probe_start, probe_exit),
+        ("probe_to_app", probe_exit, times.get("new_app_start")),
         ("app_to_restored", times.get("new_app_start"), restored),
         ("agent_start_to_restored", agent_start, restored),
     ]
@@ -279,7 +296,10 @@ STEPS = (
     ("scheduled_to_sandbox", "scheduled → pod sandbox started (kubelet: volumes, sandbox, CNI)"),
     ("sandbox_to_init", "sandbox → bundle init container started"),
     ("init_copy", "bundle init container (copy of the bundle)"),
-    ("init_to_app", "init exit → application container started"),
+    ("init_to_app", "bundle init exit → application container started"),
+    ("init_to_probe", "of which: bundle init exit → user probe init container started"),
+    ("probe_run", "of which: user probe (the image's USER, no runAsUser set)"),
+    ("probe_to_app", "of which: user probe exit → application container started"),
     ("app_to_restored", "application container started → restored program running"),
     ("agent_start_to_restored", "of which: agent process start → restored (restore phase)"),
 )
@@ -418,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lazy-sizes", default="", help="also these sizes with restore-mode lazy (comma list)"
     )
+    parser.add_argument(
+        "--user-sizes",
+        default="",
+        help=f"also these sizes with runAsUser {APP_UID}: no user probe init container",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if args.across:
@@ -432,11 +457,19 @@ def main(argv: list[str] | None = None) -> int:
             cluster.up_node()
             operator_install.install(cluster, work=work / "images")
             image = cluster.load_image(_memhog(work), "podckpt.local/memhog:1", push=False)
-            plan = [(f"{m} MiB", int(m), False) for m in args.sizes.split(",")]
-            plan += [(f"{m} MiB, lazy", int(m), True) for m in args.lazy_sizes.split(",") if m]
-            for label, mib, lazy in plan:
-                ns = cluster.create_namespace(f"bench-{mib}{'-lazy' if lazy else ''}")
-                manifest = _statefulset(image, mib, lazy=lazy)
+            plan = [(f"{m} MiB", int(m), "") for m in args.sizes.split(",")]
+            plan += [(f"{m} MiB, lazy", int(m), "lazy") for m in args.lazy_sizes.split(",") if m]
+            plan += [
+                (f"{m} MiB, runAsUser", int(m), "user") for m in args.user_sizes.split(",") if m
+            ]
+            for label, mib, variant in plan:
+                ns = cluster.create_namespace(f"bench-{mib}{'-' + variant if variant else ''}")
+                manifest = _statefulset(
+                    image,
+                    mib,
+                    lazy=variant == "lazy",
+                    run_as_user=APP_UID if variant == "user" else None,
+                )
                 cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
                 runs = results.setdefault(label, [])
                 for i in range(args.runs):
@@ -454,13 +487,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_before:.1f} before, {load_after:.1f} after (the 2 cores are shared with other "
         f"work). Command: `.venv/bin/python bench/e2e_restore.py --sizes {args.sizes} "
         + (f"--lazy-sizes {args.lazy_sizes} " if args.lazy_sizes else "")
+        + (f"--user-sizes {args.user_sizes} " if args.user_sizes else "")
         + f"--runs {args.runs}`. A StatefulSet of one replica (static C program, N MiB touched, "
         "ticks every 100 ms) on the local cluster with the operator installed in it; the "
         "checkpoint volume is the hostpath provisioner's (local disk). Seconds: median "
         f"(min, max) of {args.runs} pod deletions. Rows marked *lazy*: the same with "
         "`restore-mode: lazy` and the container granting what lazy restore needs (CRIU's "
         'privileged set and SYS_PTRACE, docs/agent.md "Lazy restore"; podckpt never adds '
-        "them): the restored program runs before its memory is in.",
+        "them): the restored program runs before its memory is in. Rows marked *runAsUser*: "
+        f"the container sets `runAsUser: {APP_UID}`, so the webhook adds no user probe init "
+        "container (without one, the image's USER decides and the probe finds out what the "
+        "runtime makes of it, docs/security.md \"The application's privileges\").'",
         "",
         "| memory | downtime: delete → restored program runs | CRIU dump + commit | CRIU "
         "restore | agent (restore minus CRIU) | Kubernetes (the rest) | checkpoint size |",
