@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "them): the restored program runs before its memory is in. Rows marked *runAsUser*: "
         f"the container sets `runAsUser: {APP_UID}`, so the webhook adds no user probe init "
         "container (without one, the image's USER decides and the probe finds out what the "
-        "runtime makes of it, docs/security.md \"The application's privileges\").'",
+        'runtime makes of it, docs/security.md "The application\'s privileges").',
         "",
         "| memory | downtime: delete → restored program runs | CRIU dump + commit | CRIU "
         "restore | agent (restore minus CRIU) | Kubernetes (the rest) | checkpoint size |",
