@@ -9,11 +9,11 @@ a drawn system call of its commit (checksums, fsyncs, manifest, LATEST). The has
 threads make call counts vary a little from run to run: a drawn call past the end is a case
 that was not killed (counted, and at most a quarter of them).
 
-The final dump's length is not stable on a shared disk: the same 1 GiB dump took 0.85 s or
-2.8 s in one CI run (the host's dirty-page writeback), and moments drawn up to the calibrated
-2.8 s landed after a 0.85 s dump in 7 of 10 cases. So the window moments are drawn from
-shrinks to the shortest final dump seen so far: a case that was not killed tells the next
-draws how short the dump can be.
+The final dump's length is not stable on these shared virtual machines: the same 1 GiB dump
+took 0.85 s or 2.8 s in one CI run (docs/benchmarks.md "Agent"), and moments drawn up to the
+calibrated 2.8 s landed after a 0.85 s dump in 7 of 10 cases. So the window moments are drawn
+from shrinks to the shortest final dump seen so far: a case that was not killed tells the
+next draws how short the dump can be.
 """
 
 from __future__ import annotations
