@@ -108,7 +108,14 @@ def test_one_leader_acts_and_the_standby_takes_over(
     eventually(lambda: _holder(kube) == "replica-a", timeout=20, what="replica-a holds the lease")
     assert eventually(lambda: _metric(a.metrics, "podckpt_controller_leader") == 1.0, timeout=10)
     assert _metric(b.metrics, "podckpt_controller_leader") == 0.0
-    assert a.healthy() == {
+    # kopf answers /healthz from its probes' results of up to 10 s ago: the fixture's first
+    # call may have cached "not leading" from before the lease was acquired (seen in CI).
+    leader_health = eventually(
+        lambda: (h := a.healthy()) and h["controller"]["leading"] and h,
+        timeout=20,
+        what="replica-a's /healthz says it leads",
+    )
+    assert leader_health == {
         "controller": {"leading": True, "lease_contact_s": pytest.approx(0, abs=5)}
     }
     standby = b.healthy()
