@@ -159,3 +159,21 @@ def _wait_for_daemon(box: Sandbox) -> int:
 
     assert wait_for(look, 60, interval=0.005), box.stderr_text()[-3000:]
     return found[0]
+
+
+def test_a_full_restore_verifies_pages_at_the_pace_criu_fills_memory(agent: AgentHarness) -> None:
+    """The page verifier followed the memory CRIU filled (readpace.py) all the way: the
+    measure kept growing until CRIU exited and saw most of the image, without CAP_SYS_PTRACE,
+    and the memory came back whole."""
+    last = _checkpointed(agent, 256, CONTAINERD)
+    box = agent.start(
+        ["python3", "/apps/pattern.py", "256", "5"],
+        annotations={"memverge.ai/restore-mode": "full"},
+        capabilities=CONTAINERD,
+    )
+    assert wait_for(lambda: phases(box, "restore", "ok"), 60), box.stderr_text()[-3000:]
+    pace = phases(box, "restore", "ok")[0]["verify_pace"]
+    assert pace["ended"] == "released", pace
+    assert pace["filled_mib"] > 200, pace
+    _pattern_checked_after(box, last)
+    box.destroy()

@@ -157,6 +157,51 @@ def test_verifier_accepts_matching_chunks_and_whole_file_entries(tmp_path: Path)
     assert verifier.bytes == len(data) + 10
 
 
+class _Gate:
+    """A pace the test moves by hand; records how far the verifier had read at each ask."""
+
+    def __init__(self, verifier_bytes: list[int]) -> None:
+        self.limit = 0
+        self.asked: list[tuple[int, int]] = []  # (position asked, limit then)
+        self.read = verifier_bytes
+
+    def allows(self, position: int) -> bool:
+        self.asked.append((position, self.limit))
+        return position <= self.limit
+
+
+def test_a_paced_verifier_reads_no_chunk_beyond_what_the_pace_allows(tmp_path: Path) -> None:
+    data = os.urandom(4 * CHUNK_BYTES + 5)
+    gen, entry = _generation(tmp_path, data)
+    gate = _Gate([])
+    verifier = PageVerifier(gen, {"images/pages-1.img": entry}, threads=2, pace=gate).start()
+    for step in range(5):
+        gate.limit = step * CHUNK_BYTES
+        # every chunk that starts at or below the limit is read, none after it
+        deadline = time.monotonic() + 10
+        while verifier.bytes < min(len(data), (step + 1) * CHUNK_BYTES):
+            assert time.monotonic() < deadline, (step, verifier.bytes)
+            time.sleep(0.005)
+        time.sleep(0.05)
+        assert verifier.bytes == min(len(data), (step + 1) * CHUNK_BYTES), step
+    assert verifier.result() is None
+    assert all(position <= limit for position, limit in gate.asked if position <= limit)
+    assert any(position > limit for position, limit in gate.asked), "the pace never held it"
+
+
+def test_a_held_verifier_is_cancelled_at_once(tmp_path: Path) -> None:
+    gen, entry = _generation(tmp_path, os.urandom(2 * CHUNK_BYTES))
+    gate = _Gate([])
+    gate.limit = -1
+    verifier = PageVerifier(gen, {"images/pages-1.img": entry}, threads=2, pace=gate).start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    verifier.cancel()
+    assert time.monotonic() - started < 1
+    assert verifier.bytes == 0
+    assert verifier.result() == "verification cancelled"
+
+
 @pytest.mark.parametrize("damage", ["corrupted", "truncated", "missing"])
 def test_verifier_names_the_damage(tmp_path: Path, damage: str) -> None:
     data = os.urandom(2 * CHUNK_BYTES)

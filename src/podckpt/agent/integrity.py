@@ -16,8 +16,10 @@ Restore. Every file except the page images is verified before CRIU runs: those i
 what CRIU does as root (files it opens and creates, sockets, the process tree). Page images
 only fill the memory of tasks that CRIU leaves stopped (`--leave-stopped`), so a
 `PageVerifier` hashes them while CRIU reads them (the page cache serves whichever of the two
-reads a page second), and the restored tree is continued only once they match: on a mismatch
-the stopped tree is killed before it ran one instruction of the corrupted image.
+reads a page second; readpace.py keeps the verifier close enough ahead that the page is still
+there in a pod near its memory limit), and the restored tree is continued only once they
+match: on a mismatch the stopped tree is killed before it ran one instruction of the
+corrupted image.
 
 Why SHA-256 and not a cheaper checksum (CRC32 runs at ~2-3.5 GB/s here): the manifest is what
 the store authenticates; a CRC can be forged to match modified memory, a SHA-256 cannot, so
@@ -34,6 +36,7 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from . import durable
 from .inputs import BadInput, Missing, open_beneath
@@ -47,6 +50,13 @@ CHUNK_BYTES = 16 << 20
 WRITEBACK_STEP = 4 << 20
 _READ = 1 << 20
 _IDLE_WAIT_S = 0.002
+_PACE_WAIT_S = 0.002
+
+
+class Pace(Protocol):
+    """Whether a reader may start at a byte of the page images now (readpace.TreeFill)."""
+
+    def allows(self, position: int) -> bool: ...
 
 
 def is_page_image(rel: str) -> bool:
@@ -237,7 +247,8 @@ class PageVerifier:
 
     `result()` waits and returns None when every image matched, else the reason. `wake_fd`,
     when given, gets one byte once the verification is over (the supervisor's loop selects on
-    it); `cancel()` stops it between two reads."""
+    it); `cancel()` stops it between two reads. `pace`, when given, is asked before each chunk
+    whether the verifier may read that far ahead yet (readpace.py)."""
 
     def __init__(
         self,
@@ -247,15 +258,18 @@ class PageVerifier:
         wake_fd: int | None = None,
         threads: int | None = None,
         nice: int = 0,
+        pace: Pace | None = None,
     ) -> None:
         self._generation = generation
         self._nice = nice
+        self._pace = pace
         self._entries = dict(entries)
         self._wake_fd = wake_fd
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
         self._errors: list[str] = []
-        self._jobs: list[tuple[str, int, int, int, str, str]] = []
+        #: (image, fd, offset, length, digest, algorithm, position in the whole read)
+        self._jobs: list[tuple[str, int, int, int, str, str, int]] = []
         self._fds: dict[str, int] = {}
         self._left = 0
         self.bytes = 0
@@ -274,6 +288,7 @@ class PageVerifier:
 
     def _plan(self) -> None:
         """Open every image and list its chunks; a missing or odd file fails now."""
+        position = 0
         for rel, entry in sorted(self._entries.items()):
             try:
                 fd = open_beneath(self._generation, rel)
@@ -291,12 +306,14 @@ class PageVerifier:
                 )
                 return
             if entry.chunks is None:
-                self._jobs.append((rel, fd, 0, actual, entry.digest, entry.algorithm))
+                self._jobs.append((rel, fd, 0, actual, entry.digest, entry.algorithm, position))
+                position += actual
                 continue
             step = entry.chunk_bytes
             for index, expected in enumerate(entry.chunks):
                 length = min(step, actual - index * step)
-                self._jobs.append((rel, fd, index * step, length, expected, "sha256"))
+                self._jobs.append((rel, fd, index * step, length, expected, "sha256", position))
+                position += length
         self._jobs.reverse()  # popped from the end: first chunk first
 
     def _work(self) -> None:
@@ -309,7 +326,12 @@ class PageVerifier:
                 with self._lock:
                     if self._errors or not self._jobs:
                         return
-                    rel, fd, offset, length, expected, algorithm = self._jobs.pop()
+                    held = self._pace is not None and not self._pace.allows(self._jobs[-1][-1])
+                    if not held:
+                        rel, fd, offset, length, expected, algorithm, _ = self._jobs.pop()
+                if held:
+                    self._cancelled.wait(_PACE_WAIT_S)
+                    continue
                 try:
                     digest, got = _hash_range(fd, offset, length, buf, algorithm)
                 except OSError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from . import deadline, files, integrity, lazy, log, pids, proctree, stdio
+from . import deadline, files, integrity, lazy, log, pids, proctree, readpace, stdio
 from .context import Context
 from .criurestore import criu_restore, lazy_transfer, reap_leftovers
 from .errors import (
@@ -79,12 +79,15 @@ def try_restore(
     if root is None:
         raise GenerationInvalidError(gen.name, "manifest.json records no root pid")
     transfer = lazy_transfer(ctx, gen, manifest, mode) if gpu_plan is None else None
-    verifier = None if transfer else integrity.PageVerifier(gen.path, pages).start()
+    pace = None if transfer else readpace.TreeFill(root)
+    verifier = None if transfer else integrity.PageVerifier(gen.path, pages, pace=pace).start()
     try:
         result, written, closed_because = criu_restore(
             ctx, gen, manifest, root, transfer, options=options
         )
     except BaseException as exc:
+        if pace is not None:
+            pace.release()
         if verifier is not None:
             verifier.cancel()
         if transfer is not None:
@@ -92,6 +95,8 @@ def try_restore(
             if isinstance(exc, CriuFailedError | CriuRunError):
                 raise lazy.LazyRestoreFailed(gen.name, f"lazy restore: {exc}") from exc
         raise
+    if pace is not None:
+        pace.release()  # the tree is stopped with every page in: the rest as fast as it goes
     waited = Timer()
     error = verifier.result() if verifier is not None else None
     if error is not None:
@@ -110,6 +115,7 @@ def try_restore(
         "restore_s": result.duration_s,
         "pid_floor": floor.as_dict(),
         "verify_wait_s": round(waited.elapsed(), 4) if verifier is not None else None,
+        "verify_pace": pace.summary() if pace is not None else None,
         "mode": "lazy" if transfer is not None else "full",
         "restore_options": list(options),
         "connections_closed": closed_because,
@@ -250,6 +256,7 @@ def _restore_one(
         mode=measured["mode"],
         criu_s=round(measured["restore_s"], 4),
         verify_wait_s=measured["verify_wait_s"],
+        verify_pace=measured["verify_pace"],
         pid_floor=measured["pid_floor"],
         criu_options=measured["restore_options"] or None,
         connections_closed=_closed_why(measured["connections_closed"]),
