@@ -42,6 +42,7 @@ from e2e_timeline import Timeline
 
 from podckpt.devtools import operator_install
 from podckpt.devtools.cluster.cluster import Cluster
+from podckpt.devtools.cluster.host import cgroup_hierarchies
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -216,7 +217,6 @@ def _cycle(cluster: Cluster, ns: str, disrupt: Any = _delete) -> dict[str, float
     new_uid = _wait(
         "the new hog-0", lambda: (u := _pod_uid(cluster, ns)) and u != old_uid and u, 600
     )
-    del new_uid
 
     def first_tick() -> list[tuple[int, int]]:
         return _ticks(cluster.kubectl("logs", "-n", ns, "hog-0", check=False).stdout)
@@ -241,6 +241,7 @@ def _cycle(cluster: Cluster, ns: str, disrupt: Any = _delete) -> dict[str, float
     steps = _steps(timeline.finish(old_uid), t0, old, new, restore) if timeline else {}
     return {
         **steps,
+        **_memcg(new_uid),
         "downtime_s": downtime,
         "dump_s": dump,
         "commit_s": commit,
@@ -249,6 +250,37 @@ def _cycle(cluster: Cluster, ns: str, disrupt: Any = _delete) -> dict[str, float
         "kubernetes_s": downtime - dump - commit - float(restore["duration_s"]),
         "checkpoint_mib": float(old["commit"].get("bytes", 0)) / 2**20,
     }
+
+
+def _memcg(uid: str) -> dict[str, float]:
+    """The restored pod's memory cgroup after the restore: file pages read in again after the
+    cgroup had evicted them (`workingset_refault_file`: a page image read from disk twice),
+    how often it hit its limit and its peak. Empty where the cgroup is not found."""
+    names = {f"pod{uid}", f"pod{uid.replace('-', '_')}.slice"}
+    for hierarchy in cgroup_hierarchies():
+        if not (hierarchy / "memory.stat").exists() and hierarchy.name != "memory":
+            continue
+        found = [d for d in hierarchy.rglob("pod*") if d.name in names and d.is_dir()]
+        if not found:
+            continue
+        pod = found[0]
+        stat = dict(
+            (k, int(v))
+            for k, v in (line.split() for line in (pod / "memory.stat").read_text().splitlines())
+        )
+        refault = stat.get("total_workingset_refault_file", stat.get("workingset_refault_file"))
+        if (pod / "memory.failcnt").exists():  # cgroup v1
+            failcnt = int((pod / "memory.failcnt").read_text())
+            peak = int((pod / "memory.max_usage_in_bytes").read_text())
+        else:
+            events = dict(line.split() for line in (pod / "memory.events").read_text().splitlines())
+            failcnt = int(events.get("max", 0))
+            peak = int((pod / "memory.peak").read_text()) if (pod / "memory.peak").exists() else 0
+        out = {"memcg_limit_hits": float(failcnt), "memcg_peak_mib": peak / 2**20}
+        if refault is not None:
+            out["refault_mib"] = refault * 4096 / 2**20
+        return out
+    return {}
 
 
 def _epoch(ts: str) -> float:
@@ -512,6 +544,26 @@ def main(argv: list[str] | None = None) -> int:
             f"| {_fmt([r['kubernetes_s'] for r in runs])} s "
             f"| {_fmt([r['checkpoint_mib'] for r in runs], 1)} MiB |"
         )
+    lines += [
+        "",
+        "The restored pod's memory cgroup, read after each restore (medians): file pages read "
+        "from disk again after the cgroup had evicted them (`workingset_refault_file`; a page "
+        "image read twice, by the verifying threads and by CRIU), how often the cgroup hit its "
+        "limit (v1 `failcnt`, v2 `max` events) and its peak:",
+        "",
+        "| memory | refaulted file pages | limit hits | peak |",
+        "|---|---|---|---|",
+    ]
+    for label, runs in results.items():
+        got = [r for r in runs if "memcg_peak_mib" in r]
+        if got:
+            refaulted = [r["refault_mib"] for r in got if "refault_mib" in r]
+            lines.append(
+                f"| {label} | "
+                + (f"{_fmt(refaulted, 0)} MiB" if refaulted else "-")
+                + f" | {_fmt([r['memcg_limit_hits'] for r in got], 0)} "
+                f"| {_fmt([r['memcg_peak_mib'] for r in got], 0)} MiB |"
+            )
     lines += [
         "",
         "Where the time goes (medians, seconds; bench/e2e_timeline.py: pod watch, containerd's"
