@@ -37,7 +37,8 @@ STALL_S = 0.5
 START_S = 5.0
 #: Growth below this is CRIU's own bookkeeping, not pages yet: the stall clock waits.
 _STARTED = 1 << 20
-#: /proc is read at most this often, whichever thread asks.
+#: /proc is read at most this often, whichever thread asks; and for a large tree, whose walk
+#: takes longer, at most a tenth of the time.
 SAMPLE_S = 0.002
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -76,6 +77,7 @@ class TreeFill:
         #: How many times a reader was told to wait.
         self.waits = 0
         self._sampled = 0.0
+        self._interval = SAMPLE_S
         self._created = time.monotonic()
         self._grew: float | None = None
 
@@ -84,9 +86,10 @@ class TreeFill:
             if self.ended is not None:
                 return True
             now = time.monotonic()
-            if now - self._sampled >= SAMPLE_S:
-                self._sampled = now
+            if now - self._sampled >= self._interval:
                 filled = self._measure()
+                self._sampled = time.monotonic()
+                self._interval = max(SAMPLE_S, 10 * (self._sampled - now))
                 if filled is None:
                     self.ended = "unreadable"
                     return True
