@@ -19,4 +19,4 @@ echo "== pytest"
 if [[ $(id -u) -ne 0 ]]; then
     echo "note: not root: tests of CRIU, the sandbox and the cluster will be skipped" >&2
 fi
-exec $V/pytest tests "$@"
+exec $V/pytest --durations=30 tests "$@"

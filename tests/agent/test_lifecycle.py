@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from agent_harness import MODE, AgentHarness, counts, phases, stop_and_wait, wait_count
@@ -161,3 +162,25 @@ def test_checkpoint_of_another_image_or_command_is_not_restored(agent: AgentHarn
     assert counts(third)[0] == 1
     assert "made by argv" in phases(third, "restore", "skipped")[0]["why"]
     assert stop_and_wait(third) == CHECKPOINTED
+
+
+def test_a_checkpoint_asked_for_during_a_restore_is_answered(agent: AgentHarness) -> None:
+    """The control socket is open while the agent restores (controlserver.open_control_soon):
+    `podckpt-agent checkpoint` made then waits in its backlog and is answered once supervision
+    starts, where it was told that no agent runs in the container."""
+    argv = ["python3", "/apps/memory.py", "512"]
+    full = {"memverge.ai/restore-mode": "full"}
+    first = agent.start(argv, annotations=full)
+    assert wait_for(lambda: "count 2" in first.stdout_text(), 120), first.stderr_text()[-2000:]
+    assert stop_and_wait(first, 120) == CHECKPOINTED
+    restored_from = agent.latest()
+
+    box = agent.start(argv, annotations=full)
+    sock = Path(f"/proc/{box.pid}/root/.podckpt-run/control.sock")
+    assert wait_for(sock.exists, 120, interval=0.005), box.stderr_text()[-2000:]
+    restoring = not phases(box, "restore", "ok")
+    requested = agent.checkpoint(box, timeout=120)
+    assert [r["generation"] for r in phases(box, "restore", "ok")] == [restored_from]
+    assert requested not in (None, restored_from)
+    assert restoring, "the control socket appeared only once the restore was over"
+    box.destroy()

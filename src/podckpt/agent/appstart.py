@@ -95,6 +95,10 @@ class ApplicationStart:
     drop_capabilities: tuple[int, ...]
     _app_process: Any
 
+    if TYPE_CHECKING:
+        # The control socket's (controlserver.py).
+        def control_opened(self) -> None: ...
+
     def start(self) -> None:
         """Restore when the store allows it, else start fresh. Raises AgentError.
 
@@ -216,6 +220,8 @@ class ApplicationStart:
 
         from . import asuser, isolation  # noqa: PLC0415 - ctypes: only when needed
 
+        self.control_opened()  # the child runs Python (preexec): no other thread may run
+
         streams: list[int | None] = [None, None, None]
         opened: list[int] = []
         terminal = False
@@ -243,7 +249,7 @@ class ApplicationStart:
                 close_fds=False,
                 start_new_session=True,
                 restore_signals=True,
-                preexec_fn=preexec,  # noqa: PLW1509 - the PID-floor thread is done by now
+                preexec_fn=preexec,  # noqa: PLW1509 - the PID-floor and control threads are done
             )
         except subprocess.SubprocessError as exc:
             raise AgentError(f"cannot start {self.argv[0]} as its user: {exc}") from exc

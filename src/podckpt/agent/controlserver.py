@@ -9,6 +9,7 @@ selector and is served only when its request line is in, so no client can block 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 from . import log
@@ -35,6 +36,7 @@ class ControlServer:
     live: LiveSettings
     control_path: str
     _control: socket.socket | None
+    _opening: threading.Thread | None = None
     _clients: dict[int, control.Client]
     _selector: selectors.BaseSelector | None
 
@@ -42,6 +44,24 @@ class ControlServer:
         # The supervision loop's and the checkpoint triggers' (supervisor.py, triggers.py).
         def _reap(self) -> None: ...
         def checkpoint_now(self, reason: str, settings: CheckpointSettings) -> dict[str, Any]: ...
+
+    def open_control_soon(self) -> None:
+        """Open the control socket in a thread while the application is started or restored.
+        A request made meanwhile, such as a `podckpt-agent checkpoint` during a long restore,
+        waits in the socket's backlog and is answered once supervision starts, where it used
+        to be told that no agent runs in the container; and the import it takes is off the
+        restore's path. `control_opened()` waits for it."""
+        self._opening = threading.Thread(
+            target=self.open_control, name="podckpt-control", daemon=True
+        )
+        self._opening.start()
+
+    def control_opened(self) -> None:
+        """Wait for `open_control_soon`: before supervising, and before a fork whose child
+        runs Python (no other thread may hold a lock the child would need)."""
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
 
     def open_control(self) -> None:
         if self.ctx is None:

@@ -212,13 +212,14 @@ def run_command(
     supervisor.control_path = command.control_socket or contract.CONTROL_SOCKET
     become_subreaper()
     supervisor.install_signals()
+    supervisor.open_control_soon()
     try:
         supervisor.start()
     except RestoreFailed as exc:
         fail(str(exc), exitcodes.RESTORE_FAILURE)
     except AgentError as exc:
         fail(str(exc))
-    supervisor.open_control()
+    supervisor.control_opened()
     return supervisor.run()
 
 
