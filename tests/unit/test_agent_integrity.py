@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import threading
 import time
@@ -164,10 +166,33 @@ class _Gate:
         self.limit = 0
         self.asked: list[tuple[int, int]] = []  # (position asked, limit then)
         self.read = verifier_bytes
+        self.criu_read = 0
 
     def allows(self, position: int) -> bool:
         self.asked.append((position, self.limit))
         return position <= self.limit
+
+    def passed(self) -> int:
+        return self.criu_read
+
+
+def _resident(path: Path) -> int:
+    """Pages of `path` in the page cache (mincore(2) on a private mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    vec = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+    with path.open("rb") as f:
+        mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+        try:
+            anchor = ctypes.c_char.from_buffer(mapped)
+            address = ctypes.c_void_p(ctypes.addressof(anchor))
+            rc = libc.mincore(address, ctypes.c_size_t(size), vec)
+            del anchor
+        finally:
+            mapped.close()
+    if rc != 0:
+        raise OSError(ctypes.get_errno(), "mincore")
+    return sum(v & 1 for v in vec)
 
 
 def test_a_paced_verifier_reads_no_chunk_beyond_what_the_pace_allows(tmp_path: Path) -> None:
@@ -187,6 +212,27 @@ def test_a_paced_verifier_reads_no_chunk_beyond_what_the_pace_allows(tmp_path: P
     assert verifier.result() is None
     assert all(position <= limit for position, limit in gate.asked if position <= limit)
     assert any(position > limit for position, limit in gate.asked), "the pace never held it"
+
+
+@pytest.mark.parametrize("criu_done", [True, False], ids=["criu-read-them", "criu-did-not"])
+def test_chunks_both_readers_passed_leave_the_page_cache(tmp_path: Path, criu_done: bool) -> None:
+    """What the verifier hashed and CRIU has read too goes out of the page cache at once (in a
+    pod at its memory limit it would otherwise push out the pages still to be read); what CRIU
+    has not read yet stays for it."""
+    data = os.urandom(3 * CHUNK_BYTES)
+    gen, entry = _generation(tmp_path, data)
+    image = gen / "images" / "pages-1.img"
+    os.sync()
+    gate = _Gate([])
+    gate.limit = 1 << 40
+    gate.criu_read = len(data) if criu_done else 0
+    verifier = PageVerifier(gen, {"images/pages-1.img": entry}, threads=2, pace=gate).start()
+    assert verifier.result() is None
+    pages = len(data) // mmap.PAGESIZE
+    if criu_done:
+        assert _resident(image) < pages // 10, _resident(image)
+    else:
+        assert _resident(image) > pages * 9 // 10, _resident(image)
 
 
 def test_a_held_verifier_is_cancelled_at_once(tmp_path: Path) -> None:

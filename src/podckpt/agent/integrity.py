@@ -54,9 +54,12 @@ _PACE_WAIT_S = 0.002
 
 
 class Pace(Protocol):
-    """Whether a reader may start at a byte of the page images now (readpace.TreeFill)."""
+    """Whether a reader may start at a byte of the page images now, and how far CRIU has
+    read them (readpace.TreeFill)."""
 
     def allows(self, position: int) -> bool: ...
+
+    def passed(self) -> int: ...
 
 
 def is_page_image(rel: str) -> bool:
@@ -271,6 +274,8 @@ class PageVerifier:
         #: (image, fd, offset, length, digest, algorithm, position in the whole read)
         self._jobs: list[tuple[str, int, int, int, str, str, int]] = []
         self._fds: dict[str, int] = {}
+        #: Hashed chunks still in the page cache: (end position, fd, offset, length).
+        self._hashed: list[tuple[int, int, int, int]] = []
         self._left = 0
         self.bytes = 0
         self._finished = threading.Event()
@@ -328,8 +333,9 @@ class PageVerifier:
                         return
                     held = self._pace is not None and not self._pace.allows(self._jobs[-1][-1])
                     if not held:
-                        rel, fd, offset, length, expected, algorithm, _ = self._jobs.pop()
+                        rel, fd, offset, length, expected, algorithm, position = self._jobs.pop()
                 if held:
+                    self._drop_behind()
                     self._cancelled.wait(_PACE_WAIT_S)
                     continue
                 try:
@@ -345,6 +351,9 @@ class PageVerifier:
                     return
                 with self._lock:
                     self.bytes += got
+                    if self._pace is not None:
+                        self._hashed.append((position + length, fd, offset, length))
+                self._drop_behind()
         finally:
             with self._lock:
                 self._left -= 1
@@ -356,7 +365,26 @@ class PageVerifier:
         with self._lock:
             self._errors.append(error)
 
+    def _drop_behind(self) -> None:
+        """Take the chunks CRIU and the verifier have both read out of the page cache
+        (POSIX_FADV_DONTNEED). In a pod at its memory limit, a page read by both is on the
+        active list, and the cgroup's reclaim took the pages only one of them had read yet
+        instead (the verifier's look-ahead, or what CRIU read before the verifier): every such
+        page was read from disk again (docs/benchmarks.md "End to end")."""
+        if self._pace is None:
+            return
+        passed = self._pace.passed()
+        with self._lock:
+            done = [chunk for chunk in self._hashed if chunk[0] <= passed]
+            if not done:
+                return
+            self._hashed = [chunk for chunk in self._hashed if chunk[0] > passed]
+        for _, fd, offset, length in done:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
     def _close(self) -> None:
+        self._drop_behind()
         for fd in self._fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
