@@ -4,10 +4,12 @@ Why pace at all. The page verifier (integrity.PageVerifier) hashes the page imag
 reads them, so that whichever of the two reads a page second finds it in the page cache. In a
 pod whose memory limit is close to the application's size that only holds if the two stay
 close: the page cache is charged to the pod's memory cgroup and reclaimed as the restored
-memory grows, and a verifier that ran ahead by more than the pod's headroom had its pages
-reclaimed before CRIU read them. Measured (docs/benchmarks.md, a 1 GiB pod with 128 MiB
-headroom): 250k-490k pages read twice, CRIU's restore 1.1-2.4 s instead of 0.7 s. Started
-before CRIU, and hashing at about CRIU's speed on each core, the unpaced verifier was ahead.
+memory grows, and the reclaim may take pages one of the two has yet to read. Started before
+CRIU and hashing at about CRIU's speed on each core, the unpaced verifier ran ahead and kept
+the cgroup at its limit (docs/benchmarks.md "End to end", a 1 GiB pod with 128 MiB headroom:
+~120k limit hits per restore). The verifier therefore starts a chunk only `lead` bytes ahead
+of what CRIU has filled, and drops what both have read from the page cache
+(PageVerifier._drop_behind, with `passed()`).
 
 The measure. CRIU reads each task's pages into that task's premapped memory, in one `preadv`
 per contiguous range, so the bytes read (`/proc/PID/io`) move only once a whole range is in;
