@@ -368,9 +368,10 @@ class PageVerifier:
     def _drop_behind(self) -> None:
         """Take the chunks CRIU and the verifier have both read out of the page cache
         (POSIX_FADV_DONTNEED). In a pod at its memory limit, a page read by both is on the
-        active list, and the cgroup's reclaim took the pages only one of them had read yet
-        instead (the verifier's look-ahead, or what CRIU read before the verifier): every such
-        page was read from disk again (docs/benchmarks.md "End to end")."""
+        active list, and the cgroup's reclaim takes the pages only one of them has read yet
+        (the verifier's look-ahead, or what CRIU read before the verifier) instead. Measured
+        for a 1 GiB restore: the cgroup at its limit ~120k times without pacing, 48k-67k with
+        pacing alone, 0-10k with the drop (docs/benchmarks.md "End to end")."""
         if self._pace is None:
             return
         passed = self._pace.passed()
