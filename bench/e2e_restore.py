@@ -256,9 +256,10 @@ def _cycle(cluster: Cluster, ns: str, disrupt: Any = _delete) -> dict[str, float
 
 
 def _memcg(uid: str) -> dict[str, float]:
-    """The restored pod's memory cgroup after the restore: file pages read in again after the
-    cgroup had evicted them (`workingset_refault_file`: a page image read from disk twice),
-    how often it hit its limit and its peak. Empty where the cgroup is not found."""
+    """The restored pod's memory cgroup after the restore: `workingset_refault_file` (file
+    pages read in whose eviction the kernel remembers, in any cgroup: not a count of pages
+    read twice), how often it hit its limit and its peak. Empty where the cgroup is not
+    found."""
     names = {f"pod{uid}", f"pod{uid.replace('-', '_')}.slice"}
     for hierarchy in cgroup_hierarchies():
         if not (hierarchy / "memory.stat").exists() and hierarchy.name != "memory":

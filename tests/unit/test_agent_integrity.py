@@ -160,12 +160,11 @@ def test_verifier_accepts_matching_chunks_and_whole_file_entries(tmp_path: Path)
 
 
 class _Gate:
-    """A pace the test moves by hand; records how far the verifier had read at each ask."""
+    """A pace the test moves by hand; records each position asked and the limit then."""
 
-    def __init__(self, verifier_bytes: list[int]) -> None:
+    def __init__(self) -> None:
         self.limit = 0
         self.asked: list[tuple[int, int]] = []  # (position asked, limit then)
-        self.read = verifier_bytes
         self.criu_read = 0
 
     def allows(self, position: int) -> bool:
@@ -198,7 +197,7 @@ def _resident(path: Path) -> int:
 def test_a_paced_verifier_reads_no_chunk_beyond_what_the_pace_allows(tmp_path: Path) -> None:
     data = os.urandom(4 * CHUNK_BYTES + 5)
     gen, entry = _generation(tmp_path, data)
-    gate = _Gate([])
+    gate = _Gate()
     verifier = PageVerifier(gen, {"images/pages-1.img": entry}, threads=2, pace=gate).start()
     for step in range(5):
         gate.limit = step * CHUNK_BYTES
@@ -210,7 +209,6 @@ def test_a_paced_verifier_reads_no_chunk_beyond_what_the_pace_allows(tmp_path: P
         time.sleep(0.05)
         assert verifier.bytes == min(len(data), (step + 1) * CHUNK_BYTES), step
     assert verifier.result() is None
-    assert all(position <= limit for position, limit in gate.asked if position <= limit)
     assert any(position > limit for position, limit in gate.asked), "the pace never held it"
 
 
@@ -223,7 +221,7 @@ def test_chunks_both_readers_passed_leave_the_page_cache(tmp_path: Path, criu_do
     gen, entry = _generation(tmp_path, data)
     image = gen / "images" / "pages-1.img"
     os.sync()
-    gate = _Gate([])
+    gate = _Gate()
     gate.limit = 1 << 40
     gate.criu_read = len(data) if criu_done else 0
     verifier = PageVerifier(gen, {"images/pages-1.img": entry}, threads=2, pace=gate).start()
@@ -237,7 +235,7 @@ def test_chunks_both_readers_passed_leave_the_page_cache(tmp_path: Path, criu_do
 
 def test_a_held_verifier_is_cancelled_at_once(tmp_path: Path) -> None:
     gen, entry = _generation(tmp_path, os.urandom(2 * CHUNK_BYTES))
-    gate = _Gate([])
+    gate = _Gate()
     gate.limit = -1
     verifier = PageVerifier(gen, {"images/pages-1.img": entry}, threads=2, pace=gate).start()
     time.sleep(0.05)
