@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from podckpt.agent import criu, pids
+from podckpt.agent import cli, criu, generations, pids
 from podckpt.agent.appstart import application_env
 from podckpt.agent.errors import CriuTooOldError
 from podckpt.api.contract import AGENT_ENV as AGENT_ONLY_ENV
@@ -89,3 +89,65 @@ def test_helper_is_found_in_the_bundle(tmp_path: Path, monkeypatch: pytest.Monke
     helper = _script(tmp_path / "bin" / "podckpt-pidfloor", "exit 0")
     monkeypatch.setenv("PODCKPT_BUNDLE", str(tmp_path))
     assert pids.helper_path() == str(helper)
+
+
+def _store_with(tmp_path: Path, manifest: object, name: str = "20261202T000000Z-000001") -> Path:
+    store = tmp_path / "store"
+    gen = store / generations.GENERATIONS / name
+    gen.mkdir(parents=True)
+    (store / generations.LATEST).write_text(name + "\n")
+    text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+    (gen / generations.MANIFEST).write_text(text)
+    return store
+
+
+def test_a_restore_starts_burning_above_the_tree_latest_records(tmp_path: Path) -> None:
+    """The CLI reads LATEST's manifest with the store's own names (generations.py) and aims
+    the early burn just above the dumped tree's highest PID."""
+    store = _store_with(tmp_path, {"root_pid": 301, "highest_pid": 342})
+    assert cli.restore_floor(str(store)) == 343
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"root_pid": 301},  # written before highest_pid existed
+        {"root_pid": 301, "highest_pid": pids.PID_FLOOR + pids.MAX_CLEAR},  # too far to burn
+        {"root_pid": 301, "highest_pid": 12},  # below the application's range: not a tree's
+        {"root_pid": 301, "highest_pid": "342"},
+        {"root_pid": 301, "highest_pid": True},
+        "{not json",
+        ["a list"],
+    ],
+)
+def test_without_a_usable_hint_a_restore_starts_from_pre_restore_floor(
+    tmp_path: Path, manifest: object
+) -> None:
+    assert cli.restore_floor(str(_store_with(tmp_path, manifest))) == pids.PRE_RESTORE_FLOOR
+
+
+def test_the_hint_never_leaves_the_store(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / generations.MANIFEST).write_text(json.dumps({"highest_pid": 342}))
+    store = _store_with(tmp_path, {"highest_pid": 342})
+    (store / generations.LATEST).write_text("../../outside\n")
+    assert cli.restore_floor(str(store)) == pids.PRE_RESTORE_FLOOR
+    (store / generations.LATEST).write_text(".hidden\n")
+    assert cli.restore_floor(str(store)) == pids.PRE_RESTORE_FLOOR
+    assert cli.restore_floor(str(tmp_path / "no-store")) == pids.PRE_RESTORE_FLOOR
+    assert cli.restore_floor(None) == pids.PRE_RESTORE_FLOOR
+
+
+def test_a_huge_manifest_is_not_read_for_a_hint(tmp_path: Path) -> None:
+    padding = "x" * (cli._HINT_BYTES + 1)
+    store = _store_with(tmp_path, json.dumps({"highest_pid": 342, "pad": padding}))
+    assert cli.restore_floor(str(store)) == pids.PRE_RESTORE_FLOOR
+
+
+def test_the_early_floor_says_whether_it_is_for_a_restore() -> None:
+    """runner.py keeps a pre-restore floor for restore.py, which waits for it before CRIU."""
+    fresh = pids.early_floor(1)
+    restore = pids.early_floor(1, pre_restore=True)
+    assert (fresh.pre_restore, restore.pre_restore) == (False, True)
+    assert restore.result().last_pid >= 0

@@ -231,6 +231,7 @@ def dump(
             )
             with _reading_proc_of(uid, gid):
                 members = proctree.members(root)
+                highest = proctree.highest_id(members)  # the tree is stopped: all it dumped
                 found, dirs = filechoice.open_files(
                     members, exclude=ctx.exclude, changed_since=ctx.lineage_start
                 )
@@ -255,6 +256,7 @@ def dump(
                     "criu_privileged": privileged,
                     "criu_user": [uid, gid] if as_user else None,
                     "root_pid": root,
+                    "highest_pid": highest,
                     "stdio": streams,
                     "criu_options": list(options),
                     "stopped_pids": keep_stopped,

@@ -4,7 +4,9 @@ A fresh start must first move the PID counter above the application's range (pid
 takes tens of milliseconds; so does importing the rest of the agent. When the store obviously
 holds nothing to restore, the PID counter is moved while the agent imports itself (by the
 bundle's `podckpt-pidfloor`, else in a thread); when it may hold one, the counter is moved as
-far as a restore allows (`PRE_RESTORE_FLOOR`), so that less is left to do after the restore.
+far as a restore allows: above the PIDs of the tree LATEST's manifest says it holds
+(`restore_floor`), else `PRE_RESTORE_FLOOR`, so that little or nothing is left to do after the
+restore.
 Only what a fresh start needs is imported
 before the application starts (see runner.py); dump and restore are imported later.
 """
@@ -27,8 +29,12 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     started = time.monotonic()
     args = list(sys.argv[1:] if argv is None else argv)
-    # A restore, maybe: the counter may go to PRE_RESTORE_FLOOR meanwhile (pids.py).
-    early = pids.early_floor(pids.PID_FLOOR if surely_fresh(args) else pids.PRE_RESTORE_FLOOR)
+    # A restore, maybe: the counter may go above the tree, or to PRE_RESTORE_FLOOR (pids.py).
+    store = store_of(args)
+    if surely_fresh(args, store):
+        early = pids.early_floor(pids.PID_FLOOR)
+    else:
+        early = pids.early_floor(restore_floor(store), pre_restore=True)
     from . import log  # noqa: PLC0415 - after the floor started rising
     from .runner import main as run_main  # noqa: PLC0415 - imported while the floor rises
 
@@ -65,11 +71,10 @@ def exit_now(code: object) -> NoReturn:
     os._exit(status)
 
 
-def surely_fresh(args: Sequence[str]) -> bool:
-    """True when `run`'s store cannot hold a checkpoint to restore: no store, no LATEST, or
-    COMPLETED. A store whose lock is held (a dump in progress elsewhere) is not sure."""
+def store_of(args: Sequence[str]) -> str | None:
+    """`run`'s store directory as its options or the environment give it; None otherwise."""
     if not args or args[0] != "run" or "--" not in args:
-        return False
+        return None
     options = list(args[1 : args.index("--")])
     # `contract.Env.STORE` and `contract.STORE_OPTION`, spelled here because this runs before
     # anything is imported (a unit test checks they agree).
@@ -79,11 +84,52 @@ def surely_fresh(args: Sequence[str]) -> bool:
             store = options[index + 1]
         elif option.startswith("--store="):
             store = option.partition("=")[2]
+    return store
+
+
+def surely_fresh(args: Sequence[str], store: str | None) -> bool:
+    """True when `run`'s store cannot hold a checkpoint to restore: no store, no LATEST, or
+    COMPLETED. A store whose lock is held (a dump in progress elsewhere) is not sure."""
+    if not args or args[0] != "run" or "--" not in args:
+        return False
     if not store:
         return True
     if not os.path.exists(os.path.join(store, "LATEST")):
         return not _locked(os.path.join(store, ".lock"))
     return os.path.exists(os.path.join(store, "COMPLETED"))
+
+
+#: LATEST's manifest is read for the hint only up to this size (a few KiB in practice).
+_HINT_BYTES = 1 << 20
+
+
+def restore_floor(store: str | None) -> int:
+    """How far the PID counter may go before a restore: above the tree LATEST's manifest
+    records (`highest_pid`, pids.clearing_floor), else PRE_RESTORE_FLOOR.
+
+    Read before anything is verified, so a hint of how far to burn and no more: restore.py
+    clears the range again from the verified manifest of the generation it restores. The
+    layout (`<store>/LATEST`, `generations/<name>/manifest.json`) is store.py's, spelled here
+    because this runs before anything is imported (a unit test checks they agree)."""
+    if not store:
+        return pids.PRE_RESTORE_FLOOR
+    try:
+        with open(os.path.join(store, "LATEST"), "rb") as handle:
+            name = handle.read(256).decode().strip()
+        if not name or "/" in name or name.startswith("."):
+            return pids.PRE_RESTORE_FLOOR
+        path = os.path.join(store, "generations", name, "manifest.json")
+        with open(path, "rb") as handle:
+            text = handle.read(_HINT_BYTES + 1)
+        if len(text) > _HINT_BYTES:
+            return pids.PRE_RESTORE_FLOOR
+        import json  # noqa: PLC0415 - only on this path
+
+        body = json.loads(text)
+    except (OSError, ValueError):
+        return pids.PRE_RESTORE_FLOOR
+    highest = body.get("highest_pid") if isinstance(body, dict) else None
+    return pids.clearing_floor(highest) or pids.PRE_RESTORE_FLOOR
 
 
 def _locked(path: str) -> bool:

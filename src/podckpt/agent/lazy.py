@@ -122,10 +122,7 @@ def choose(
 
 def highest_pid(root: int) -> int:
     """The highest PID or TID of the tree of `root` (a restore again must stay clear of it)."""
-    highest = 0
-    for pid in proctree.members(root):
-        highest = max([highest, pid, *proctree.threads(pid)])
-    return highest
+    return proctree.highest_id(proctree.members(root))
 
 
 class LazyTransfer:

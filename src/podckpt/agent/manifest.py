@@ -141,6 +141,13 @@ class Manifest:
         return value if type(value) is int else None
 
     @property
+    def highest_pid(self) -> int | None:
+        """The highest PID or TID of the dumped tree (None in older generations): a restore
+        moves the PID counter above it before CRIU runs (pids.clearing_floor)."""
+        value = self.body.get("highest_pid")
+        return value if type(value) is int else None
+
+    @property
     def setid_files(self) -> frozenset[str]:
         return frozenset(self.body.get("setid_files") or ())
 
@@ -249,6 +256,9 @@ def parse(
     root = body.get("root_pid")
     if root is not None and (type(root) is not int or not 1 < root < 1 << 22):
         raise GenerationInvalidError(name, "manifest.json: root_pid is not a pid")
+    highest = body.get("highest_pid")
+    if highest is not None and (type(highest) is not int or not (root or 2) <= highest < 1 << 22):
+        raise GenerationInvalidError(name, "manifest.json: highest_pid is not a pid above root_pid")
     setid = body.get("setid_files", [])
     if not isinstance(setid, list) or any(safe_abspath(p) is None for p in setid):
         raise GenerationInvalidError(name, "manifest.json: setid_files is not a list of paths")

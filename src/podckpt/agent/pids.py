@@ -17,6 +17,16 @@ not exist allocates a PID and fails at once (a vfork, no page tables copied). Me
 clone3 `set_tid` puts one task at a chosen PID but does not move the counter, so the
 application's children and threads would still get low PIDs (measured: docs/agent.md).
 
+Before a restore the counter goes above the dumped tree's highest PID or TID when the manifest
+records it (`highest_pid`; older generations lack it) and that is near (`clearing_floor`):
+CRIU, its helpers and the agent's threads then take numbers above the tree's, and nothing is
+left to burn between CRIU's exit and the tree running again. The CLI starts that burn beside
+the agent's imports, from LATEST's manifest read unverified (a hint of how far, no more: the
+restore checks the verified manifest again). Measured (docs/benchmarks.md "Agent"): the burn
+after a lazy restore of 2 GiB took 30-270 ms while the page daemon filled memory on the other
+core. Without the field or when it is far, the counter stays at PRE_RESTORE_FLOOR and is moved
+to PID_FLOOR after the restore, as before.
+
 From the bundle the burning is done by `$PODCKPT_BUNDLE/bin/podckpt-pidfloor FLOOR` (vfork in
 C, ~0.05 ms per PID): started before the agent imports itself, it runs on the other core without
 the GIL, and the agent only waits for it just before starting the application.
@@ -33,6 +43,9 @@ PID_FLOOR = 300
 #: application's PIDs are all >= PID_FLOOR, and CRIU, its helpers and the agent's threads need
 #: far fewer than the 100 PIDs left below it. The burn after the restore is then a third.
 PRE_RESTORE_FLOOR = 200
+#: A restore burns at most this many PIDs beyond PID_FLOOR to clear the tree's range first
+#: (~50 ms with the bundle's helper, beside the imports); a tree beyond it is cleared after.
+MAX_CLEAR = 1000
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _NO_SUCH_PROGRAM = "/nonexistent/podckpt-pid-burner"
 _MAX_BURN = 100_000
@@ -60,6 +73,14 @@ class FloorResult:
             "burned": self.burned,
             "s": round(self.duration_s, 4),
         }
+
+
+def clearing_floor(highest: object) -> int | None:
+    """The floor above a dumped tree whose highest PID or TID is `highest`, when that is known
+    and near (MAX_CLEAR); None otherwise (then PRE_RESTORE_FLOOR, and PID_FLOOR after)."""
+    if type(highest) is not int or not PID_FLOOR <= highest < PID_FLOOR + MAX_CLEAR:
+        return None
+    return highest + 1
 
 
 def last_pid() -> int:
@@ -127,7 +148,11 @@ class BackgroundFloor:
     """raise_floor() in a thread, overlapped with the agent's own start-up (imports, settings,
     CRIU's version check), which otherwise comes on top of it. To PID_FLOOR only for a fresh
     start: before a restore the counter must stay below the application's PIDs, or CRIU itself
-    would take them (PRE_RESTORE_FLOOR leaves room for CRIU)."""
+    would take them (PRE_RESTORE_FLOOR leaves room for CRIU), or go above all of them
+    (`clearing_floor`)."""
+
+    #: Started for a restore: it must be done before CRIU runs (runner.py, restore.py).
+    pre_restore = False
 
     def __init__(self, floor: int = PID_FLOOR) -> None:
         self.floor = floor
@@ -151,6 +176,8 @@ class HelperFloor:
 
     Started with posix_spawn (its stdout, the last PID it got, on a pipe); `result()` waits
     for it and, should the helper fail, burns the rest in Python."""
+
+    pre_restore = False
 
     def __init__(self, helper: str, floor: int = PID_FLOOR, start: float | None = None) -> None:
         self._start = time.monotonic() if start is None else start
@@ -187,6 +214,8 @@ class HelperFloor:
 class ReadyFloor:
     """The floor needed no work (already above it, or ns_last_pid was writable)."""
 
+    pre_restore = False
+
     def __init__(self, result: FloorResult, floor: int = PID_FLOOR) -> None:
         self._result = result
         self.floor = floor
@@ -199,13 +228,16 @@ class ReadyFloor:
 EarlyFloor = ReadyFloor | HelperFloor | BackgroundFloor
 
 
-def early_floor(floor: int = PID_FLOOR) -> EarlyFloor:
+def early_floor(floor: int = PID_FLOOR, *, pre_restore: bool = False) -> EarlyFloor:
     """Start raising the floor beside the agent's own start-up: the bundle's helper when there
-    is one, else a Python thread. Only for a fresh start (see BackgroundFloor)."""
+    is one, else a Python thread. `pre_restore`: the floor a restore may start from
+    (PRE_RESTORE_FLOOR or `clearing_floor`), to be finished before CRIU runs."""
     done = _try_ns_last_pid(floor, time.monotonic())
+    started: EarlyFloor
     if done is not None:
-        return ReadyFloor(done, floor)
-    helper = helper_path()
-    if helper is not None:
-        return HelperFloor(helper, floor)
-    return BackgroundFloor(floor)
+        started = ReadyFloor(done, floor)
+    else:
+        helper = helper_path()
+        started = HelperFloor(helper, floor) if helper is not None else BackgroundFloor(floor)
+    started.pre_restore = pre_restore
+    return started

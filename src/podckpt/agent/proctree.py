@@ -62,6 +62,12 @@ def threads(pid: int) -> list[int]:
         return []
 
 
+def highest_id(pids: list[int]) -> int:
+    """The highest PID or TID among `pids` and their threads: CRIU restores each at the same
+    number, so a restore must keep the PID counter's own hand-outs clear of it (pids.py)."""
+    return max([0, *pids, *(tid for pid in pids for tid in threads(pid))])
+
+
 def signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

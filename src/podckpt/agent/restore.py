@@ -4,7 +4,8 @@ Each candidate is first checked against this container (restorable.py: not for h
 refused); then its manifest, sizes and small files are verified, and CRIU restores it, the
 tree left stopped as the agent's own child (criurestore.py). The page images, the bulk of the
 bytes, are hashed while CRIU reads them, not before (integrity.py): the tree stays stopped
-until they match. The PID counter is then moved above the application's range (pids.py) and
+until they match. The PID counter is moved above the tree's PIDs before CRIU runs (or, for a
+generation that does not record them, above the application's range after it: pids.py) and
 the tree is continued. `restore-mode: lazy` (or a large checkpoint where the container allows
 it) continues the tree before its memory is in (lazy.py). A generation that fails is marked
 FAILED and never tried again, so a bad image can never crash-loop the container.
@@ -78,6 +79,12 @@ def try_restore(
     root = manifest.root_pid
     if root is None:
         raise GenerationInvalidError(gen.name, "manifest.json records no root pid")
+    clearing = pids.clearing_floor(manifest.highest_pid)
+    if clearing is not None:
+        # Usually done already, beside the imports (cli.restore_floor): CRIU, its helpers, the
+        # page daemon and the verifier's threads take numbers above the tree's, and nothing
+        # is left to burn between CRIU's exit and the tree running (pids.py).
+        pids.raise_floor(clearing)
     transfer = lazy_transfer(ctx, gen, manifest, mode) if gpu_plan is None else None
     pace = None if transfer else readpace.TreeFill(root)
     verifier = None if transfer else integrity.PageVerifier(gen.path, pages, pace=pace).start()

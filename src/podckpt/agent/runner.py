@@ -177,7 +177,7 @@ def run_command(
             trust, key_problem = Trust(), exc
         store = open_store(Path(command.store), container, trust)
     pre_restore = None
-    if early_floor is not None and early_floor.floor < pids.PID_FLOOR:
+    if early_floor is not None and early_floor.pre_restore:
         pre_restore, early_floor = early_floor, None
     if store is not None:
         if early_floor is None and (

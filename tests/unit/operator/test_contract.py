@@ -126,9 +126,12 @@ def test_names_spelled_before_the_api_is_imported_agree_with_the_contract(
     store.mkdir()
     (store / "LATEST").write_text("g")
     monkeypatch.delenv(contract.Env.STORE, raising=False)
-    assert not cli.surely_fresh(["run", contract.STORE_OPTION, str(store), "--", "/app"])
+    args = ["run", contract.STORE_OPTION, str(store), "--", "/app"]
+    assert cli.store_of(args) == str(store)
+    assert not cli.surely_fresh(args, cli.store_of(args))
     monkeypatch.setenv(contract.Env.STORE, str(store))
-    assert not cli.surely_fresh(["run", "--", "/app"])
+    assert cli.store_of(["run", "--", "/app"]) == str(store)
+    assert not cli.surely_fresh(["run", "--", "/app"], str(store))
     assert os.environ[contract.Env.STORE] == str(store)
 
 
