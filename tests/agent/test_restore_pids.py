@@ -56,9 +56,12 @@ def test_the_counter_is_above_the_tree_before_criu_and_nothing_is_burnt_after(
 
     second = agent.start(APP)
     assert wait_for(lambda: phases(second, "restore", "ok"), 30), second.stderr_text()
-    floor = phases(second, "restore", "ok")[0]["pid_floor"]
+    restored = phases(second, "restore", "ok")[0]
+    floor = restored["pid_floor"]
     assert floor["method"] == "already", floor
     assert floor["burned"] == 0, floor
+    # The line says where the phase's time went: before CRIU, CRIU, and no burn after it.
+    assert 0 < restored["before_criu_s"] + restored["criu_s"] <= restored["duration_s"], restored
     # The same tree runs on at its own PIDs, and what starts in the container now lands above it.
     assert wait_for(lambda: len(_lines(second)) >= 5, 20), second.stdout_text()[-300:]
     assert {int(c) for _, c in _lines(second)} == {child}

@@ -149,6 +149,8 @@ class LazyTransfer:
         #: The highest PID or TID of the restored tree (a restore again must stay clear of it).
         self.highest_pid = 0
         self._pages_logged = False
+        #: How long `start_daemon` took (spawn to listening), for the restore line.
+        self.daemon_s = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -159,6 +161,8 @@ class LazyTransfer:
     def start_daemon(self) -> None:
         """Start `criu lazy-pages` and wait until it listens. Raises CriuFailedError."""
         import subprocess  # noqa: PLC0415 - after the agent's start
+
+        began = time.monotonic()
 
         self.workdir.mkdir(mode=0o700, exist_ok=True)
         log_path = self.gen.path / "lazy-pages.log"
@@ -190,6 +194,7 @@ class LazyTransfer:
             code = self.process.returncode
             raise CriuFailedError("lazy-pages", code, str(log_path), criu.log_tail(log_path))
         self._pidfd = os.pidfd_open(self.process.pid)
+        self.daemon_s = time.monotonic() - began
 
     def restore_args(self) -> list[str]:
         return ["--lazy-pages", "-W", str(self.workdir)]

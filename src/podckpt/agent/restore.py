@@ -14,6 +14,7 @@ FAILED and never tried again, so a bad image can never crash-loop the container.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from . import deadline, files, integrity, lazy, log, pids, proctree, readpace, stdio
@@ -88,6 +89,7 @@ def try_restore(
     transfer = lazy_transfer(ctx, gen, manifest, mode) if gpu_plan is None else None
     pace = None if transfer else readpace.TreeFill(root)
     verifier = None if transfer else integrity.PageVerifier(gen.path, pages, pace=pace).start()
+    criu_at = time.monotonic()
     try:
         result, written, closed_because = criu_restore(
             ctx, gen, manifest, root, transfer, options=options
@@ -121,6 +123,7 @@ def try_restore(
         "restore_stats": result.stats,
         "restore_s": result.duration_s,
         "pid_floor": floor.as_dict(),
+        "criu_at": criu_at,
         "verify_wait_s": round(waited.elapsed(), 4) if verifier is not None else None,
         "verify_pace": pace.summary() if pace is not None else None,
         "mode": "lazy" if transfer is not None else "full",
@@ -141,6 +144,10 @@ def try_restore(
             raise
         measured["gpu"] = gpu_plan.timings()
     return root, manifest, measured, transfer
+
+
+def transfer_daemon_s(transfer: lazy.LazyTransfer | None) -> float | None:
+    return None if transfer is None else round(transfer.daemon_s, 4)
 
 
 def _closed_why(error: str | None) -> str | None:
@@ -261,6 +268,10 @@ def _restore_one(
         pid=root,
         since_process_start_s=_process_age(),
         mode=measured["mode"],
+        # What came before CRIU in this phase: the store's checks, the small images' checksums,
+        # the lazy-pages daemon's start (lazy_daemon_s of it), the verifier's threads.
+        before_criu_s=round(measured["criu_at"] - timer.start, 4),
+        lazy_daemon_s=transfer_daemon_s(transfer),
         criu_s=round(measured["restore_s"], 4),
         verify_wait_s=measured["verify_wait_s"],
         verify_pace=measured["verify_pace"],
