@@ -212,3 +212,29 @@ def test_a_manifest_cannot_smuggle_options_to_criu(field: str, value: object, me
     )
     assert ok.criu_options == ()
     assert ok.stopped_pids == frozenset()
+
+
+@pytest.mark.parametrize("value", ["342", 1 << 22, 299, True])
+def test_a_manifest_highest_pid_must_be_a_pid_at_or_above_the_root(value: object) -> None:
+    """It sets how far a restore burns the PID counter (pids.clearing_floor)."""
+    body = {
+        "generation": "g",
+        "container": "app",
+        "store": "id/app",
+        "checksums": {"images/core-1.img": {"size": 1, "sha256": "0" * 64}},
+        "root_pid": 300,
+        "highest_pid": value,
+    }
+
+    def parse() -> manifest.Manifest:
+        data = manifest.seal(body, manifest.Trust())
+        return manifest.parse(
+            data, name="g", container="app", store_id="id/app", trust=manifest.Trust()
+        )
+
+    with pytest.raises(GenerationInvalidError, match="highest_pid is not a pid above root_pid"):
+        parse()
+    body["highest_pid"] = 342
+    assert parse().highest_pid == 342
+    del body["highest_pid"]
+    assert parse().highest_pid is None  # an older agent's generation

@@ -231,7 +231,8 @@ def dump(
             )
             with _reading_proc_of(uid, gid):
                 members = proctree.members(root)
-                highest = proctree.highest_id(members)  # the tree is stopped: all it dumped
+                # The tree is stopped: these are all it dumped (root, should it be gone).
+                highest = max(root, proctree.highest_id(members))
                 found, dirs = filechoice.open_files(
                     members, exclude=ctx.exclude, changed_since=ctx.lineage_start
                 )
