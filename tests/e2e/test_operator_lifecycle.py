@@ -128,7 +128,11 @@ def test_controller_leader_pod_deleted_standby_takes_over(
 
     new = wait_for("another replica holds the lease", taken_over, 60)
     took = time.monotonic() - started
-    assert new in names
+    # Usually the standby, at its next retry after the leader released the Lease; the
+    # Deployment's replacement for the deleted pod may start and win that race (seen once in
+    # CI), which is as good a takeover: what matters is a live replica leading, and acting.
+    live = {p["metadata"]["name"] for p in _pods(operator, "controller")}
+    assert new in names | live, (new, names, live)
     sts = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -149,7 +153,10 @@ def test_controller_leader_pod_deleted_standby_takes_over(
         lambda: get(operator, namespace, "pvc", "podckpt-statefulset-after-failover-0"),
         60,
     )
-    print(f"controller failover: lease taken over {took:.1f} s after the leader pod's deletion")
+    print(
+        f"controller failover: lease taken over by {'the standby' if new in names else 'a new'}"
+        f" replica {took:.1f} s after the leader pod's deletion"
+    )
 
 
 def test_uninstall_leaves_no_webhook_refusing_pods_and_kustomize_installs(
