@@ -139,6 +139,19 @@ def test_the_hint_never_leaves_the_store(tmp_path: Path) -> None:
     assert cli.restore_floor(None) == pids.PRE_RESTORE_FLOOR
 
 
+def test_a_fifo_or_a_link_is_never_read_for_a_hint(tmp_path: Path) -> None:
+    """Opening a FIFO for reading would block the agent's start until a writer came."""
+    store = _store_with(tmp_path, {"highest_pid": 342})
+    latest = store / generations.LATEST
+    latest.unlink()
+    os.mkfifo(latest)
+    assert cli.restore_floor(str(store)) == pids.PRE_RESTORE_FLOOR
+    latest.unlink()
+    latest.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text("20261202T000000Z-000001\n")
+    assert cli.restore_floor(str(store)) == pids.PRE_RESTORE_FLOOR
+
+
 def test_a_huge_manifest_is_not_read_for_a_hint(tmp_path: Path) -> None:
     padding = "x" * (cli._HINT_BYTES + 1)
     store = _store_with(tmp_path, json.dumps({"highest_pid": 342, "pad": padding}))

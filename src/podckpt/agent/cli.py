@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import time
 
@@ -114,15 +115,11 @@ def restore_floor(store: str | None) -> int:
     if not store:
         return pids.PRE_RESTORE_FLOOR
     try:
-        with open(os.path.join(store, "LATEST"), "rb") as handle:
-            name = handle.read(256).decode().strip()
+        name = _read_regular(os.path.join(store, "LATEST"), 256).decode().strip()
         if not name or "/" in name or name.startswith("."):
             return pids.PRE_RESTORE_FLOOR
         path = os.path.join(store, "generations", name, "manifest.json")
-        with open(path, "rb") as handle:
-            text = handle.read(_HINT_BYTES + 1)
-        if len(text) > _HINT_BYTES:
-            return pids.PRE_RESTORE_FLOOR
+        text = _read_regular(path, _HINT_BYTES)
         import json  # noqa: PLC0415 - only on this path
 
         body = json.loads(text)
@@ -130,6 +127,19 @@ def restore_floor(store: str | None) -> int:
         return pids.PRE_RESTORE_FLOOR
     highest = body.get("highest_pid") if isinstance(body, dict) else None
     return pids.clearing_floor(highest) or pids.PRE_RESTORE_FLOOR
+
+
+def _read_regular(path: str, limit: int) -> bytes:
+    """A regular file of at most `limit` bytes, not through a symbolic link; a FIFO or a
+    device would otherwise block or flood the agent's start. Raises OSError or ValueError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise ValueError(f"{path}: not a regular file of at most {limit} bytes")
+        return os.read(fd, limit + 1)[:limit]
+    finally:
+        os.close(fd)
 
 
 def _locked(path: str) -> bool:
