@@ -7,8 +7,11 @@ service-account token, and dynamic PVC binding by the default StorageClass.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -197,3 +200,32 @@ def test_kopf_admission_webhook_is_called(apiserver_cluster: Cluster, namespace:
         apiserver_cluster.kubectl(
             "delete", "validatingwebhookconfiguration", config_name, "--ignore-not-found"
         )
+
+
+def test_a_half_dead_control_plane_restarts_clean_and_keeps_the_logs_of_what_died(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """What the fixtures do when a fault test left a kube-apiserver dead: the next `up` starts
+    the tier again from scratch. The dead process's log stays (the new one appends to it) and
+    restarts.log names what had died: the evidence a mid-session restart used to delete."""
+    state = tmp_path_factory.mktemp("half-dead")
+    c = Cluster(state / "cluster", name="half-dead")
+    try:
+        c.up_apiserver()
+        apiserver = c.process("kube-apiserver")
+        assert apiserver is not None
+        first_log = Path(apiserver.log).read_text()
+        os.kill(apiserver.pid, signal.SIGKILL)
+        components.wait_until("kube-apiserver gone", lambda: not apiserver.alive(), 30)
+        c.up_apiserver()
+        restarted = c.process("kube-apiserver")
+        assert restarted is not None
+        assert restarted.alive()
+        assert restarted.pid != apiserver.pid
+        assert Path(restarted.log).read_text().startswith(first_log[:200])
+        restarts = (c.logs_dir / "restarts.log").read_text()
+        assert "the apiserver tier was found half-dead" in restarts
+        assert "kube-apiserver" in restarts.split("dead:")[1]
+        assert c.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    finally:
+        c.down()

@@ -22,6 +22,7 @@ from kubehelpers import Kube
 from podckpt.devtools import faultsummary
 from podckpt.devtools.cluster import components
 from podckpt.devtools.cluster.components import Process
+from podckpt.devtools.cluster.errors import ClusterError
 
 SEED = int(os.environ.get("FAULT_SEED", "16"))
 ON = {"memverge.ai/checkpoint-mode": "true"}
@@ -327,19 +328,61 @@ def restart_apiserver(cluster: Any, *, crash: bool) -> float:
         if not proc.alive():
             break
         time.sleep(0.02)
-    new = components.start("kube-apiserver", argv, cluster.logs_dir)
-    cluster.state.processes = [p for p in cluster.state.processes if p["name"] != "kube-apiserver"]
-    cluster.state.processes.append(asdict(new))
-    _save(cluster)
+    _start_again(cluster, argv, port)
+    return time.monotonic() - began
+
+
+#: How long a restarted kube-apiserver retries a port still held after the old one died.
+PORT_RETRY_S = 30.0
+
+
+def _start_again(cluster: Any, argv: list[str], port: int) -> Process:
+    """Start kube-apiserver with `argv` on its old port and wait for /readyz.
+
+    Seen once in CI: the new process exited at once with `bind: address already in use`, and
+    every later test of the session failed on a cluster started again from scratch. So an
+    EADDRINUSE is retried for PORT_RETRY_S, and who holds the port (`ss`) goes to the
+    cluster's restarts.log, the evidence for finding the holder."""
     k = cluster.pki_dir
     ctx = components.client_context(k / "ca.crt", k / "admin.crt", k / "admin.key")
-    components.wait_until(
-        "kube-apiserver /readyz",
-        lambda: components.http_ok(f"{cluster.server}/readyz", context=ctx, expect="ok"),
-        60,
-        new,
-    )
-    return time.monotonic() - began
+    deadline = time.monotonic() + PORT_RETRY_S
+    while True:
+        new = components.start("kube-apiserver", argv, cluster.logs_dir)
+        cluster.state.processes = [
+            p for p in cluster.state.processes if p["name"] != "kube-apiserver"
+        ]
+        cluster.state.processes.append(asdict(new))
+        _save(cluster)
+        try:
+            components.wait_until(
+                "kube-apiserver /readyz",
+                lambda: components.http_ok(f"{cluster.server}/readyz", context=ctx, expect="ok"),
+                60,
+                new,
+            )
+            return new
+        except ClusterError as exc:
+            if "address already in use" not in str(exc) or time.monotonic() > deadline:
+                raise
+            _note_port_holders(cluster, port)
+            time.sleep(1)
+
+
+def _note_port_holders(cluster: Any, port: int) -> None:
+    import subprocess  # noqa: PLC0415 - only when a restart found its port taken
+
+    try:
+        found = subprocess.run(
+            ["ss", "-tanp", f"( sport = :{port} )"], capture_output=True, text=True, check=False
+        )
+        holders = found.stdout + found.stderr
+    except OSError as exc:
+        holders = f"(ss: {exc})\n"
+    with (cluster.logs_dir / "restarts.log").open("a") as out:
+        out.write(
+            f"--- {time.strftime('%H:%M:%S')} kube-apiserver restart: port {port} in use;"
+            f" retrying. ss -tanp:\n{holders}"
+        )
 
 
 def count_pods(kube: Kube, namespaces: list[str]) -> int:

@@ -100,7 +100,7 @@ class Cluster(ClusterBase):
             return
         check_prerequisites(TIER_APISERVER)
         if self.state.processes:
-            self.down()  # a half-dead earlier cluster: start clean
+            self._start_clean("the apiserver tier was found half-dead")
         self.state = State(
             name=self.state.name,
             version=self.state.version,
@@ -146,7 +146,7 @@ class Cluster(ClusterBase):
             return
         check_prerequisites(TIER_NODE)
         if TIER_NODE in self.state.tiers:
-            self.down()  # a half-dead node tier: start clean
+            self._start_clean("the node tier was found half-dead")
         if not self.running(TIER_APISERVER):
             self.up_apiserver()
         bin_dir = self.bin_dir
@@ -167,6 +167,19 @@ class Cluster(ClusterBase):
         except BaseException:
             self.down(keep_logs=True)
             raise
+
+    def _start_clean(self, why: str) -> None:
+        """Stop everything of a half-dead earlier cluster before starting again. Its logs are
+        kept (the new processes append to them) and `restarts.log` says which processes had
+        died: without them a mid-session restart (a kube-apiserver that did not come back
+        from a fault test) left nothing to find the cause with, and every later test failed
+        on images and objects the new cluster never had."""
+        dead = [p.name for p in self.processes() if not p.alive()]
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with (self.logs_dir / "restarts.log").open("a") as out:
+            stamp = time.strftime("%H:%M:%S")
+            out.write(f"--- {stamp} {why}; dead: {', '.join(dead) or 'none'}; starting clean\n")
+        self.down(keep_logs=True)
 
     def add_nodes(self, total: int) -> list[str]:
         """Grow a running node tier to ``total`` nodes (started in parallel, each Ready on
