@@ -120,6 +120,29 @@ def test_a_pod_another_replica_created_meanwhile_holds_its_slot(make_pod: Any) -
     assert mine["metadata"]["name"] == "web-slot-1"
 
 
+def test_a_pod_stored_meanwhile_holds_its_slot_even_when_our_reservation_is_gone(
+    make_pod: Any,
+) -> None:
+    """As above, and meanwhile a concurrent admission of this process (its LIST fresher than
+    ours) saw that pod and dropped our reservation of slot 0. The pod found by name must count
+    as slot 0's holder: before, it counted as a squatter and slot 0 was handed out again under
+    `web-slot-0-1` (the operator fault suite saw `-slot-6` and `-slot-6-1` side by side)."""
+    api = FakeAPI()
+    state = _state(api)
+    other = _admitted(_state(FakeAPI()), _replica(make_pod))
+    assert other["metadata"]["name"] == "web-slot-0"
+
+    def land() -> None:
+        if other not in api.pods:
+            api.pods.append(other)
+            state.slots._reserved.clear()  # what the fresher concurrent admission does
+
+    api.before_name = land
+    mine = _admitted(state, _replica(make_pod))
+    assert mine["metadata"]["name"] == "web-slot-1"
+    assert mine["metadata"]["labels"][SLOT] != other["metadata"]["labels"][SLOT]
+
+
 def test_a_pod_without_slot_labels_squatting_the_name_is_skipped(make_pod: Any) -> None:
     api = FakeAPI()
     api.pods.append({"metadata": {"name": "web-slot-0", "labels": {}}, "status": {}})

@@ -135,20 +135,28 @@ async def slot_holders(state: WebhookState, namespace: str, group: str) -> list[
         result = await state.api.get(namespaced("pods", namespace), labelSelector=selector)
     except ApiError as exc:
         raise Denied(f"podckpt: cannot list slot holders: {exc}", code=500) from None
+    holders = (_as_holder(state, item, group) for item in result.get("items") or ())
+    return [h for h in holders if h is not None]
+
+
+def _as_holder(state: WebhookState, item: dict[str, Any], group: str) -> Holder | None:
+    """`item` as a holder of `group`'s slots; None when it carries no slot of that group."""
+    op = state.op
+    meta = item.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    slot = labels.get(op.annotation("slot"), "")
+    if labels.get(op.annotation("slot-group")) != group or not slot.isdigit():
+        return None
+    if not meta.get("name"):
+        return None
     now = dt.datetime.now(dt.UTC)
     lost_after = dt.timedelta(seconds=op.slot_lost_after_seconds)
-    holders: list[Holder] = []
-    for item in result.get("items") or ():
-        meta = item.get("metadata") or {}
-        slot = (meta.get("labels") or {}).get(op.annotation("slot"), "")
-        if slot.isdigit() and meta.get("name"):
-            holders.append(Holder(int(slot), meta["name"], holder_state(item, now, lost_after)))
-    return holders
+    return Holder(int(slot), meta["name"], holder_state(item, now, lost_after))
 
 
-async def _name_exists(state: WebhookState, namespace: str, name: str) -> bool:
-    """Whether a pod of this name exists (one without our slot labels squats a slot name).
-    A LIST by name, which the webhook's RBAC already allows (no `get` on pods)."""
+async def _pod_named(state: WebhookState, namespace: str, name: str) -> dict[str, Any] | None:
+    """The pod of this name, if one exists. A LIST by name, which the webhook's RBAC already
+    allows (no `get` on pods)."""
     assert state.api is not None  # slot_holders checked it
     try:
         result = await state.api.get(
@@ -156,7 +164,8 @@ async def _name_exists(state: WebhookState, namespace: str, name: str) -> bool:
         )
     except ApiError as exc:
         raise Denied(f"podckpt: cannot list pod {name}: {exc}", code=500) from None
-    return bool(result.get("items"))
+    items = result.get("items") or []
+    return items[0] if items else None
 
 
 async def choose_slot(
@@ -169,9 +178,21 @@ async def choose_slot(
         choice = state.slots.assign(
             namespace, identity, holders, taken_names=squatted, reserve=not dry_run
         )
-        if choice.waits or not await _name_exists(state, namespace, choice.name):
+        if choice.waits:
             return choice
-        squatted.append(choice.name)
+        found = await _pod_named(state, namespace, choice.name)
+        if found is None:
+            return choice
+        holder = _as_holder(state, found, identity.slot_group)
+        if holder is not None:
+            # Stored since our LIST (another admission's pod): its slot is taken. Not a
+            # squatter: the reservation that kept the slot from us may meanwhile have been
+            # dropped by a concurrent admission of this process that saw the pod, and the
+            # slot would then be handed out again under its next name (seen in the operator
+            # fault suite: two pods in one slot, `-slot-6` and `-slot-6-1`).
+            holders.append(holder)
+        else:
+            squatted.append(choice.name)
     return choice
 
 
