@@ -378,11 +378,9 @@ def _note_port_holders(cluster: Any, port: int) -> None:
         holders = found.stdout + found.stderr
     except OSError as exc:
         holders = f"(ss: {exc})\n"
-    with (cluster.logs_dir / "restarts.log").open("a") as out:
-        out.write(
-            f"--- {time.strftime('%H:%M:%S')} kube-apiserver restart: port {port} in use;"
-            f" retrying. ss -tanp:\n{holders}"
-        )
+    cluster.note_restart(
+        f"kube-apiserver restart: port {port} in use; retrying. ss -tanp:\n{holders}"
+    )
 
 
 def count_pods(kube: Kube, namespaces: list[str]) -> int:

@@ -175,11 +175,15 @@ class Cluster(ClusterBase):
         from a fault test) left nothing to find the cause with, and every later test failed
         on images and objects the new cluster never had."""
         dead = [p.name for p in self.processes() if not p.alive()]
+        self.note_restart(f"{why}; dead: {', '.join(dead) or 'none'}; starting clean\n")
+        self.down(keep_logs=True)
+
+    def note_restart(self, text: str) -> None:
+        """Append `text`, stamped, to `<logs>/restarts.log`: what a restart of a component
+        found (kept with the logs when a test fails)."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with (self.logs_dir / "restarts.log").open("a") as out:
-            stamp = time.strftime("%H:%M:%S")
-            out.write(f"--- {stamp} {why}; dead: {', '.join(dead) or 'none'}; starting clean\n")
-        self.down(keep_logs=True)
+            out.write(f"--- {time.strftime('%H:%M:%S')} {text}")
 
     def add_nodes(self, total: int) -> list[str]:
         """Grow a running node tier to ``total`` nodes (started in parallel, each Ready on
