@@ -1,5 +1,12 @@
 """Reading the little the agent needs from CRIU's images, without protobuf libraries.
 
+Whether a checkpoint has any page a lazy restore could leave out is in the pagemap images
+(`pagemap-PID.img`: entries whose `flags` carry PE_LAZY). CRIU sets PE_LAZY on private
+anonymous pages at every dump, except on "the stack": its `is_stack()` compares page *offsets*
+(`(sp ^ vaddr) & ~PAGE_MASK`), so a thread whose stack pointer was page-aligned at the dump
+(rare: one 16-byte stack position in 256) makes no page of its process lazy, and `criu restore
+--lazy-pages` then copies every page itself (lazy.choose restores such a checkpoint in full).
+
 Which tasks were *stopped* when they were dumped is in each task's core image
 (`core-PID.img`: `core_entry.tc.task_state == TASK_STOPPED`). The agent must not continue those
 after `--leave-stopped` (the application stopped them itself), and CRIU's images are the one
@@ -22,6 +29,10 @@ if TYPE_CHECKING:
 
 IMG_COMMON_MAGIC = 0x54564319
 CORE_MAGIC = 0x55053847
+PAGEMAP_MAGIC = 0x56084025
+PE_LAZY = 1 << 1  # pagemap_entry.flags: the pages may be restored lazily
+_PAGEMAP_FLAGS = 4  # pagemap_entry.flags
+_PAGEMAP_NAME = re.compile(r"^pagemap-([0-9]+)\.img$")
 TASK_STOPPED = 0x03
 _CORE_TC = 3  # core_entry.tc (task_core_entry)
 _TC_TASK_STATE = 1  # task_core_entry.task_state
@@ -104,3 +115,33 @@ def stopped_tasks(images: Path) -> dict[int, int] | None:
     except (OSError, ValueError):
         return None
     return stopped
+
+
+def _pagemap_has_lazy(data: bytes) -> bool:
+    """Whether one pagemap image (a head, then one entry per run of pages) marks any run lazy."""
+    first_entry(data, PAGEMAP_MAGIC)  # checks both magics
+    pos = 12 + struct.unpack_from("<I", data, 8)[0]  # past the head (pages_id)
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise ValueError("truncated entry")
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + size > len(data):
+            raise ValueError("truncated entry")
+        flags = fields(data[pos : pos + size]).get(_PAGEMAP_FLAGS, 0)
+        if isinstance(flags, int) and flags & PE_LAZY:
+            return True
+        pos += size
+    return False
+
+
+def has_lazy_pages(images: Path) -> bool | None:
+    """Whether any task's pagemap marks pages lazy (the module docstring says when none does);
+    None if a pagemap cannot be read (then the caller keeps its choice)."""
+    try:
+        for entry in sorted(images.iterdir()):
+            if _PAGEMAP_NAME.match(entry.name) and _pagemap_has_lazy(entry.read_bytes()):
+                return True
+    except (OSError, ValueError):
+        return None
+    return False

@@ -34,7 +34,7 @@ import platform
 import signal
 import time
 
-from . import criu, integrity, log, pids, proctree
+from . import criu, images, integrity, log, pids, proctree
 from .errors import AgentError, CriuFailedError, CriuRunError, GenerationInvalidError
 from .generations import FAILED
 from .log import Timer
@@ -56,6 +56,10 @@ AUTO_LAZY_BYTES = 512 << 20
 #: The daemon must keep reading while pages are missing; after this long without progress the
 #: page source counts as failed.
 LAZY_STALL_S = 30.0
+#: Why a lazy restore is full when CRIU marked no page lazy at the dump (images.py).
+NO_LAZY_PAGES = (
+    "CRIU marked no page of this checkpoint lazy (a stack pointer was page-aligned at the dump)"
+)
 _CHECK_S = 1.0
 #: At most this many PIDs are burnt to restore again in the same container (pids.py).
 _MAX_REBURN = 20_000
@@ -117,6 +121,10 @@ def choose(
     reason = unavailable(ctx)
     if reason is not None:
         return False, reason
+    if images.has_lazy_pages(gen.images) is False:
+        # CRIU would copy every page itself (images.py says when): a daemon would serve
+        # nothing, and the restore line would call a full restore lazy.
+        return False, NO_LAZY_PAGES
     return True, None
 
 
