@@ -19,7 +19,7 @@ from agent_harness import AgentHarness, counts, phases, stop_and_wait, wait_coun
 
 from podckpt.agent import images, lazy
 from podckpt.agent.exitcodes import CHECKPOINTED
-from podckpt.devtools.sandbox import Sandbox, wait_for
+from podckpt.devtools.sandbox import Bind, Sandbox, wait_for
 
 pytestmark = pytest.mark.criu
 
@@ -134,6 +134,34 @@ def test_a_checkpoint_criu_marked_without_lazy_pages_restores_in_full(
     assert (restored["generation"], restored["mode"]) == (generation, "full")
     assert restored["criu"]["pages_restored"] >= (256 << 20) // 4096  # CRIU copied them all
     assert not phases(box, "lazy-pages")
+    _pattern_checked_after(box, last)
+    assert stop_and_wait(box, 120) == CHECKPOINTED
+
+
+def test_a_daemon_that_listens_late_makes_the_restore_run_again(
+    agent: AgentHarness, tmp_path: Path
+) -> None:
+    """The restore starts beside the daemon (criurestore.py); when it reaches the daemon's
+    socket before the daemon listens, CRIU fails before creating anything and the restore runs
+    again once the daemon listens: still lazy, the memory intact."""
+    last = _checkpointed(agent, 256)
+    wrapper = tmp_path / "slow-criu" / "criu"
+    wrapper.parent.mkdir()
+    wrapper.write_text('#!/bin/sh\n[ "$1" = lazy-pages ] && sleep 0.5\nexec /usr/sbin/criu "$@"\n')
+    wrapper.chmod(0o755)
+    box = agent.start(
+        ["python3", "/apps/pattern.py", "256", "5"],
+        annotations=LAZY,
+        binds=[Bind(wrapper.parent, "/slow-criu", True)],
+        env={"PODCKPT_CRIU": "/slow-criu/criu"},
+    )
+    assert wait_for(lambda: phases(box, "restore", "ok"), 60), box.stderr_text()[-3000:]
+    restored = phases(box, "restore", "ok")[0]
+    assert restored["mode"] == "lazy", restored
+    assert restored["lazy_restore_retried"] is True, restored
+    assert restored["lazy_daemon_wait_s"] > 0.1, restored
+    assert restored["criu"]["pages_restored"] < (256 << 20) // 4096 // 2  # the daemon's job
+    assert wait_for(lambda: phases(box, "lazy-pages", "verified"), 60), box.stderr_text()[-2000:]
     _pattern_checked_after(box, last)
     assert stop_and_wait(box, 120) == CHECKPOINTED
 

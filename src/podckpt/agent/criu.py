@@ -21,6 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
+    from typing import Any
 
 #: Kernel 6.16+ refuses socket options CRIU < 4.2 reads (CRIU issue #2705); 4.1 cannot dump
 #: any process with a TCP socket there. Images are not portable across these versions either.
@@ -221,21 +222,10 @@ def _spawn(argv: list[str], action: str, pass_fds: Sequence[int]) -> tuple[int, 
     What a restore runs on the application's critical path: `subprocess` (and the selectors,
     threading and signal machinery it imports) costs ~20 ms to import here, more than this.
     `pass_fds` must be inheritable already (the others are close-on-exec, Python's default)."""
-    for fd in pass_fds:
-        os.set_inheritable(fd, True)
     out = os.memfd_create(f"criu-{action}", os.MFD_CLOEXEC)
     try:
+        pid = start(argv, action, pass_fds, output=out)
         try:
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                os.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out, 1),
-                    (os.POSIX_SPAWN_DUP2, out, 2),
-                ],
-            )
             _, status = os.waitpid(pid, 0)
         except OSError as exc:
             raise CriuRunError(f"cannot run criu {action}: {exc}") from exc
@@ -246,6 +236,28 @@ def _spawn(argv: list[str], action: str, pass_fds: Sequence[int]) -> tuple[int, 
     finally:
         os.close(out)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+
+
+def start(argv: list[str], action: str, pass_fds: Sequence[int], *, output: int = -1) -> int:
+    """posix_spawn CRIU (stdin /dev/null; stdout and stderr to `output`, else /dev/null) and
+    return its PID without waiting: the lazy-pages daemon starts this way, beside the restore.
+    `pass_fds` are made inheritable (the others are close-on-exec, Python's default)."""
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    outputs: list[tuple[Any, ...]] = (
+        [(os.POSIX_SPAWN_DUP2, output, 1), (os.POSIX_SPAWN_DUP2, output, 2)]
+        if output >= 0
+        else [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0), (os.POSIX_SPAWN_DUP2, 1, 2)]
+    )
+    try:
+        return os.posix_spawn(
+            argv[0],
+            argv,
+            os.environ,
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0), *outputs],
+        )
+    except OSError as exc:
+        raise CriuRunError(f"cannot run criu {action}: {exc}") from exc
 
 
 def common_args(*, privileged: bool, options: Sequence[str] = ()) -> list[str]:

@@ -10,6 +10,7 @@ the files it put back, and the zombies a failed `--restore-sibling` leaves (reap
 from __future__ import annotations
 
 import os
+import re
 
 from podckpt.api.criuopts import has
 
@@ -18,6 +19,8 @@ from .errors import CriuFailedError, CriuRunError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .context import Context
     from .generations import Generation
     from .manifest import Manifest
@@ -34,7 +37,8 @@ def inherit_map(streams: dict[str, str]) -> dict[int, str]:
 def lazy_transfer(
     ctx: Context, gen: Generation, manifest: Manifest, mode: str | None
 ) -> lazy.LazyTransfer | None:
-    """A started lazy-pages daemon when this restore is lazy (lazy.choose), else None."""
+    """A lazy-pages daemon, spawned, when this restore is lazy (lazy.choose), else None. It
+    listens before the restore connects, or the restore runs again (criu_restore)."""
     chosen, why_not = lazy.choose(ctx, gen, manifest, mode)
     if not chosen:
         if why_not is not None and mode == "lazy":
@@ -42,8 +46,8 @@ def lazy_transfer(
         return None
     transfer = lazy.LazyTransfer(ctx, gen)
     try:
-        transfer.start_daemon()
-    except (CriuFailedError, CriuRunError) as exc:
+        transfer.spawn_daemon()
+    except CriuRunError as exc:
         transfer.close()
         ctx.store.mark(gen, lazy.LAZY_FAILED)
         log.emit("restore", "full", generation=gen.name, why=f"lazy restore unavailable: {exc}")
@@ -84,7 +88,7 @@ def criu_restore(
             os.dup2(ctx.stdio_fds[fd - _FD_BASE], fd, inheritable=True)
             passed.append(fd)
         try:
-            result = run(options)
+            result = _run_beside_the_daemon(run, options, transfer)
         except CriuFailedError as exc:
             if not has(options, "tcp-established") or transfer is not None:
                 raise
@@ -99,6 +103,33 @@ def criu_restore(
         for fd in passed:
             os.close(fd)
     return result, written, closed_because
+
+
+#: What `criu restore --lazy-pages` logs when the daemon's socket is not there yet.
+_NO_DAEMON = re.compile(r"connect to \S*lazy-pages\.socket failed")
+
+
+def _run_beside_the_daemon(
+    run: Callable[[tuple[str, ...]], criu.CriuResult],
+    options: tuple[str, ...],
+    transfer: lazy.LazyTransfer | None,
+) -> criu.CriuResult:
+    """Run the restore while the lazy-pages daemon still starts: both begin with the same
+    kernel probes (40-60 ms each, privileged), which overlap; the restore connects to the
+    daemon's socket only after its own probes and its reading of the images, by when the daemon
+    listens, almost always. When it did not, CRIU fails at that connect, before it has created
+    anything: the restore runs again once the daemon listens (raising, like the daemon's
+    start, when the daemon fails instead)."""
+    if transfer is None or transfer.listening():
+        return run(options)
+    try:
+        return run(options)
+    except CriuFailedError as exc:
+        if not any(_NO_DAEMON.search(line) for line in exc.last_lines):
+            raise
+    transfer.wait_listening()
+    transfer.restore_retried = True
+    return run(options)
 
 
 def _check_child(pid: int) -> None:

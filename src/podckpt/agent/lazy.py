@@ -143,7 +143,12 @@ class LazyTransfer:
         # CRIU's socket between the daemon and the restore (a relative name in this directory);
         # outside the generation, whose files are exactly those its manifest lists.
         self.workdir = ctx.store.root / ".lazy-pages"
-        self.process: Any = None
+        self._pid: int | None = None
+        self._ready_r: int | None = None  # the daemon's --status-fd, until it said it listens
+        self._closed = False
+        #: Whether `criu restore` had to run again: it started before the daemon listened and
+        #: found no socket (criurestore.py).
+        self.restore_retried = False
         self.verifier: integrity.PageVerifier | None = None
         self.timer = Timer()
         self.wake_r, self.wake_w = os.pipe()
@@ -157,21 +162,20 @@ class LazyTransfer:
         #: The highest PID or TID of the restored tree (a restore again must stay clear of it).
         self.highest_pid = 0
         self._pages_logged = False
-        #: How long `start_daemon` took (spawn to listening), for the restore line.
-        self.daemon_s = 0.0
+        #: How long the restore waited for the daemon to listen, for the restore line: 0 when
+        #: the restore's own start covered the daemon's.
+        self.daemon_wait_s = 0.0
 
     @property
     def pid(self) -> int | None:
-        return None if self.process is None else int(self.process.pid)
+        return self._pid
 
     # -- before and during CRIU's restore -------------------------------------------------
 
-    def start_daemon(self) -> None:
-        """Start `criu lazy-pages` and wait until it listens. Raises CriuFailedError."""
-        import subprocess  # noqa: PLC0415 - after the agent's start
-
-        began = time.monotonic()
-
+    def spawn_daemon(self) -> None:
+        """Start `criu lazy-pages`, without waiting for it to listen: its kernel probes (most
+        of its start, 40-60 ms privileged) overlap the restore's own (criurestore.py).
+        Raises CriuRunError."""
         self.workdir.mkdir(mode=0o700, exist_ok=True)
         log_path = self.gen.path / "lazy-pages.log"
         ready_r, ready_w = os.pipe()
@@ -180,29 +184,58 @@ class LazyTransfer:
             str(self.workdir), "--status-fd", str(ready_w), "-o", str(log_path), "-v4",
         ]  # fmt: skip
         try:
-            self.process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(ready_w,),
-            )
-        except OSError as exc:
+            self._pid = criu.start(argv, "lazy-pages", (ready_w,))
+        except CriuRunError:
             os.close(ready_r)
-            raise CriuRunError(f"cannot run criu lazy-pages: {exc}") from exc
+            raise
         finally:
             os.close(ready_w)
+        self._ready_r = ready_r
+        try:
+            self._pidfd = os.pidfd_open(self._pid)
+        except OSError as exc:
+            self.abort()
+            raise CriuRunError(f"cannot hold criu lazy-pages: {exc}") from exc
+
+    def listening(self) -> bool:
+        """Whether the daemon said it listens, without waiting for it (raises as
+        wait_listening when it said it failed)."""
+        if self._ready_r is None:
+            return True
         import select  # noqa: PLC0415
 
-        with os.fdopen(ready_r, "rb") as ready:
-            readable, _, _ = select.select([ready], [], [], _READY_TIMEOUT_S)
-            status = ready.read(1) if readable else b""
+        if select.select([self._ready_r], [], [], 0)[0]:
+            self.wait_listening()  # it answered: returns at once, or raises
+            return True
+        return False
+
+    def wait_listening(self) -> None:
+        """Wait until the daemon listens. Raises CriuFailedError when it exits first or does
+        not listen within _READY_TIMEOUT_S (the daemon is then stopped)."""
+        if self._ready_r is None:
+            return
+        waiting = time.monotonic()
+        import select  # noqa: PLC0415
+
+        readable, _, _ = select.select([self._ready_r], [], [], _READY_TIMEOUT_S)
+        status = os.read(self._ready_r, 1) if readable else b""
+        os.close(self._ready_r)
+        self._ready_r = None
         if status != b"\0":
             self.abort()
-            code = self.process.returncode
+            code = (
+                os.waitstatus_to_exitcode(self._exit_status)
+                if self._exit_status is not None
+                else -9
+            )
+            log_path = self.gen.path / "lazy-pages.log"
             raise CriuFailedError("lazy-pages", code, str(log_path), criu.log_tail(log_path))
-        self._pidfd = os.pidfd_open(self.process.pid)
-        self.daemon_s = time.monotonic() - began
+        self.daemon_wait_s += time.monotonic() - waiting
+
+    def start_daemon(self) -> None:
+        """Start `criu lazy-pages` and wait until it listens."""
+        self.spawn_daemon()
+        self.wait_listening()
 
     def restore_args(self) -> list[str]:
         return ["--lazy-pages", "-W", str(self.workdir)]
@@ -245,8 +278,6 @@ class LazyTransfer:
     def exited(self, status: int) -> None:
         """The daemon was reaped (by the supervisor's waitpid(-1), or here)."""
         self._exit_status = status
-        if self.process is not None:  # so that subprocess never waits for it again
-            self.process.returncode = os.waitstatus_to_exitcode(status)
 
     def poll(self) -> str:
         """'running', 'done', or the reason the page source failed."""
@@ -392,23 +423,26 @@ class LazyTransfer:
 
     def abort(self) -> None:
         """Stop the daemon (when still running) and let go of everything held."""
-        if self.process is not None and self._exit_status is None:
+        if self._pid is not None and self._exit_status is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
+                os.kill(self._pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
-                _, status = os.waitpid(self.process.pid, 0)
+                _, status = os.waitpid(self._pid, 0)
                 self.exited(status)
         self.close()
 
     def close(self) -> None:
+        if self._closed:  # abort() closes, and its callers may close again: no fd twice
+            return
+        self._closed = True
         if self.verifier is not None:
             self.verifier.cancel()
         self._release_uffds()
-        for owned in (self._pidfd, self.wake_r, self.wake_w):
+        for owned in (self._pidfd, self.wake_r, self.wake_w, self._ready_r):
             if owned is not None:
                 with contextlib.suppress(OSError):
                     os.close(owned)
-        self._pidfd = None
+        self._pidfd = self._ready_r = None
         import shutil  # noqa: PLC0415
 
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -104,6 +104,7 @@ def try_restore(
             if isinstance(exc, CriuFailedError | CriuRunError):
                 raise lazy.LazyRestoreFailed(gen.name, f"lazy restore: {exc}") from exc
         raise
+    restored_at = time.monotonic()
     if pace is not None:
         pace.release()  # the tree is stopped with every page in: the rest as fast as it goes
     waited = Timer()
@@ -121,7 +122,7 @@ def try_restore(
     proctree.restop(manifest.stop_signals)
     measured: dict[str, Any] = {
         "restore_stats": result.stats,
-        "restore_s": result.duration_s,
+        "restore_s": restored_at - criu_at,  # a lazy restore may have run CRIU twice
         "pid_floor": floor.as_dict(),
         "criu_at": criu_at,
         "verify_wait_s": round(waited.elapsed(), 4) if verifier is not None else None,
@@ -147,7 +148,7 @@ def try_restore(
 
 
 def transfer_daemon_s(transfer: lazy.LazyTransfer | None) -> float | None:
-    return None if transfer is None else round(transfer.daemon_s, 4)
+    return None if transfer is None else round(transfer.daemon_wait_s, 4)
 
 
 def _closed_why(error: str | None) -> str | None:
@@ -269,10 +270,13 @@ def _restore_one(
         since_process_start_s=_process_age(),
         mode=measured["mode"],
         # What came before CRIU in this phase: the store's checks, the small images' checksums,
-        # the lazy-pages daemon's start (lazy_daemon_s of it), the verifier's threads.
+        # the lazy-pages daemon's spawn, the verifier's threads.
         before_criu_s=round(measured["criu_at"] - timer.start, 4),
-        lazy_daemon_s=transfer_daemon_s(transfer),
         criu_s=round(measured["restore_s"], 4),
+        # Part of criu_s: waiting for the daemon to listen, and a restore run again because it
+        # started before the daemon listened (criurestore.py).
+        lazy_daemon_wait_s=transfer_daemon_s(transfer),
+        lazy_restore_retried=(transfer.restore_retried or None) if transfer else None,
         verify_wait_s=measured["verify_wait_s"],
         verify_pace=measured["verify_pace"],
         pid_floor=measured["pid_floor"],
